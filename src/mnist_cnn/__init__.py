@@ -1,0 +1,3 @@
+"""mnist-cnn: train, inspect and use small convolutional networks on MNIST-family images."""
+
+__version__ = "0.1.0"

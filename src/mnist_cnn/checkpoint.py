@@ -1,0 +1,80 @@
+"""Checkpoints: one file holding everything needed to continue a run bit-exactly.
+
+A checkpoint is a `torch.save`d dict of tensors and plain Python values, so it loads with
+`torch.load(weights_only=True)`: no pickled code ever runs. Writes are atomic (temporary file in
+the same directory, fsync, rename), so a crash mid-write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnist_cnn.errors import CheckpointError
+
+FORMAT = "mnist-cnn-checkpoint"
+# Bump when the layout below changes incompatibly; loading refuses other versions.
+VERSION = 1
+REQUIRED_KEYS = ("format", "version", "config", "model", "class_names")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # The rename itself is durable only once the directory entry is flushed.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically save `state` (tensors, dicts, lists, numbers, strings) with format tags."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; any problem is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable mnist-cnn checkpoint (truncated or corrupt?): {first_line[:200]}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an mnist-cnn checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {state.get('version')}, this mnist-cnn reads version {VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    return state
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Load weights, turning a shape or key mismatch into a one-line CheckpointError."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{source} does not fit this model: {detail[:200]}") from None

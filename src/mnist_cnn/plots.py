@@ -1,0 +1,66 @@
+"""PNG figures a person would rather see than read. Matplotlib's Agg backend: no display needed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from mnist_cnn.runlog import EpochRecord  # noqa: E402
+
+
+def plot_curves(history: Sequence[EpochRecord], path: Path) -> None:
+    """Accuracy and loss per epoch, training and validation side by side."""
+    epochs = [r.epoch for r in history]
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    acc_ax.plot(epochs, [r.train_accuracy for r in history], "o-", label="training")
+    acc_ax.plot(epochs, [r.validation_accuracy for r in history], "o-", label="validation")
+    acc_ax.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    loss_ax.plot(epochs, [r.train_loss for r in history], "o-", label="training")
+    loss_ax.plot(epochs, [r.validation_loss for r in history], "o-", label="validation")
+    loss_ax.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss", yscale="log")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if len(epochs) < 15:
+        for ax in (acc_ax, loss_ax):
+            ax.set_xticks(epochs)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
+                 class_names: Sequence[str], path: Path, count: int = 25, mistakes: int = 5) -> None:
+    """The lesson's Fig. 10: images with true and predicted labels, mistakes in red.
+
+    Shows the first `count - mistakes` images, then the first `mistakes` misclassified ones
+    (if any), so a good model's grid still shows where it goes wrong.
+    """
+    images, labels, predicted = images.cpu(), labels.cpu(), predicted.cpu()
+    wrong = (predicted != labels).nonzero().flatten()[:mistakes].tolist()
+    shown = [i for i in range(min(len(labels), count - len(wrong))) if i not in wrong] + wrong
+    cols = 5
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        ok = bool(predicted[i] == labels[i])
+        ax.imshow(images[i, 0].numpy(), cmap="binary")
+        ax.set_title(f"True: {class_names[labels[i]]}\nPred: {class_names[predicted[i]]}",
+                     fontsize=9, color="black" if ok else "red")
+        if not ok:
+            for side in ax.spines.values():
+                side.set(visible=True, color="red", linewidth=2)
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("Validation samples (mistakes in red)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

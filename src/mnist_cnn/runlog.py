@@ -1,0 +1,124 @@
+"""Everything a training run reports, written in one place: console, TensorBoard and CSV.
+
+The training loop hands this module numbers; it never prints or writes logs itself.
+Console lines copy the lesson's; TensorBoard gets the lesson's two writers, `train/` (per batch)
+and `validation/` (per epoch), with tags `loss` and `accuracy` on one global-step axis.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mnist_cnn.checkpoint import atomic_write_bytes
+
+
+@dataclass
+class EpochRecord:
+    epoch: int                   # 1-based
+    seconds: float               # wall time of the epoch, training + validation
+    lr: float                    # learning rate at the epoch's last step
+    train_loss: float            # mean over the epoch's batches
+    train_accuracy: float        # mean over the epoch's batches, as the lesson computed it
+    validation_loss: float
+    validation_accuracy: float   # over the whole validation set
+
+
+def write_metrics_csv(path: Path, history: Sequence[EpochRecord]) -> None:
+    """Rewrite metrics.csv from the full history (atomic, so resume never duplicates rows)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([f.name for f in fields(EpochRecord)])
+    for record in history:
+        writer.writerow(asdict(record).values())
+    atomic_write_bytes(path, out.getvalue().encode())
+
+
+def read_metrics_csv(path: Path) -> list[EpochRecord]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [EpochRecord(int(r["epoch"]), *(float(r[f.name]) for f in fields(EpochRecord)[1:])) for r in rows]
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunLogger:
+    """Console + TensorBoard + metrics.csv for one run directory."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None,
+                 print_fn: Callable[[str], None] = print, progress: bool | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # ~1 s import; only training needs it
+
+        self.run_dir = Path(run_dir)
+        self.print = print_fn
+        # A bar only on a terminal: logs and CI get the plain epoch lines alone.
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        # purge_step: on resume, TensorBoard hides events at or after it that a killed run
+        # wrote past its last checkpoint, so no step appears twice.
+        self.train_writer = SummaryWriter(str(self.run_dir / "train"), purge_step=purge_step)
+        self.validation_writer = SummaryWriter(str(self.run_dir / "validation"), purge_step=purge_step)
+
+    def dataset_sizes(self, train: int, test: int, validation: int) -> None:
+        self.print("Size of:")
+        self.print(f"- Training-set:\t\t{train}")
+        self.print(f"- Test-set:\t\t{test}")
+        self.print(f"- Validation-set:\t{validation}")
+
+    def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """The model graph, as the lesson's `writer.add_graph(sess.graph)`."""
+        try:
+            self.train_writer.add_graph(model, example)
+        except Exception as e:  # tracing is best-effort; a model that cannot be traced still trains
+            self.print(f"note: model graph not written to TensorBoard ({type(e).__name__})")
+
+    def epoch_bar(self, epoch: int, total_steps: int, done: int = 0):
+        if not self.progress:
+            return _NoBar()
+        from tqdm import tqdm
+
+        return tqdm(total=total_steps, initial=done, desc=f"Epoch {epoch}", unit="step", leave=False, file=sys.stderr)
+
+    def train_steps(self, first_step: int, losses: torch.Tensor, accuracies: torch.Tensor,
+                    walltimes: Sequence[float]) -> None:
+        """Per-batch training scalars for global steps first_step, first_step+1, ...
+
+        Called once per epoch (and before a mid-epoch checkpoint) with the tensors the loop
+        accumulated, so the hot loop never waits on a device-to-host copy.
+        """
+        losses_cpu, accuracies_cpu = losses.float().cpu().numpy(), accuracies.float().cpu().numpy()
+        for i, (loss, acc, wall) in enumerate(zip(losses_cpu, accuracies_cpu, walltimes)):
+            self.train_writer.add_scalar("loss", float(loss), first_step + i, walltime=wall)
+            self.train_writer.add_scalar("accuracy", float(acc), first_step + i, walltime=wall)
+
+    def epoch_end(self, record: EpochRecord, global_step: int, history: Sequence[EpochRecord]) -> None:
+        self.validation_writer.add_scalar("loss", record.validation_loss, global_step)
+        self.validation_writer.add_scalar("accuracy", record.validation_accuracy, global_step)
+        self.train_writer.add_scalar("lr", record.lr, global_step)
+        self.flush()
+        write_metrics_csv(self.run_dir / "metrics.csv", history)
+        # The lesson's lines, character for character (its accuracies printed as Python floats;
+        # validation accuracy was a float32, hence the float32 round trip).
+        self.print(f"Epoch {record.epoch} completed : Time usage {int(record.seconds)} seconds")
+        self.print("\tAccuracy:")
+        self.print(f"\t- Training Accuracy:\t{record.train_accuracy}")
+        self.print(f"\t- Validation Accuracy:\t{float(np.float32(record.validation_accuracy))}")
+
+    def flush(self) -> None:
+        self.train_writer.flush()
+        self.validation_writer.flush()
+
+    def close(self) -> None:
+        self.train_writer.close()
+        self.validation_writer.close()
