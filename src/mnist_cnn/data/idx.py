@@ -1,0 +1,128 @@
+"""IDX files, the format the MNIST family ships in (http://yann.lecun.com/exdb/mnist/).
+
+Layout: two zero bytes, a dtype code, the number of dimensions, then one big-endian uint32
+per dimension, then the values in C order (big-endian for multi-byte types). MNIST images use
+magic 0x00000803 (uint8, 3 dims), labels 0x00000801 (uint8, 1 dim).
+
+Every malformed input is reported as a DataError naming its origin; nothing else escapes the
+readers, whatever the bytes (the hypothesis tests hold us to that).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from mnist_cnn.errors import DataError
+
+# IDX dtype code -> numpy dtype as stored on disk (multi-byte types are big-endian).
+_CODE_TO_DTYPE: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_KIND_SIZE_TO_CODE = {(dt.kind, dt.itemsize): code for code, dt in _CODE_TO_DTYPE.items()}
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def maybe_gunzip(data: bytes, origin: str = "<bytes>") -> bytes:
+    """Return `data` decompressed if it is gzip (detected by content, not by file name)."""
+    if not data.startswith(GZIP_MAGIC):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise DataError(f"{origin}: corrupt gzip data ({exc})") from exc
+
+
+def parse_idx(data: bytes, origin: str = "<bytes>") -> np.ndarray:
+    """Decode uncompressed IDX bytes. The result is in native byte order; for uint8 it is a
+    read-only view on `data` (no copy)."""
+    if len(data) < 4:
+        raise DataError(f"{origin}: {len(data)} bytes is too short for an IDX header")
+    if data[0] != 0 or data[1] != 0:
+        raise DataError(f"{origin}: not an IDX file (magic {data[:4].hex()}, expected 0000xxxx)")
+    code, ndim = data[2], data[3]
+    if code not in _CODE_TO_DTYPE:
+        raise DataError(f"{origin}: unknown IDX dtype code 0x{code:02x}")
+    if ndim == 0:
+        raise DataError(f"{origin}: IDX header declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{origin}: truncated IDX header ({len(data)} of {header} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _CODE_TO_DTYPE[code]
+    # Python ints: a hostile header cannot overflow this or make us allocate anything.
+    expected = dtype.itemsize * int(np.prod(dims, dtype=object))
+    actual = len(data) - header
+    if actual < expected:
+        raise DataError(f"{origin}: truncated: {actual} data bytes, header {dims} needs {expected}")
+    if actual > expected:
+        raise DataError(f"{origin}: {actual - expected} unexpected bytes after the data for shape {dims}")
+    array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
+    array = array.reshape(dims)
+    if dtype.byteorder == ">":
+        array = array.astype(dtype.newbyteorder("="))
+    return array
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file, plain or gzip-compressed."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return parse_idx(maybe_gunzip(data, str(path)), str(path))
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """IDX bytes for `array` (uint8, int8, int16, int32, float32 or float64; 1..255 dims)."""
+    array = np.asarray(array)
+    code = _KIND_SIZE_TO_CODE.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        raise ValueError(f"IDX cannot store dtype {array.dtype}")
+    if not 1 <= array.ndim <= 255:
+        raise ValueError(f"IDX needs 1..255 dimensions, got {array.ndim}")
+    if any(d >= 2**32 for d in array.shape):
+        raise ValueError(f"IDX dimensions must fit in uint32, got {array.shape}")
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=_CODE_TO_DTYPE[code]).tobytes()
+
+
+def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Write `array` as IDX, gzip-compressed when the name ends in .gz. Atomic (see atomic_write)."""
+    path = Path(path)
+    data = encode_idx(array)
+    if path.suffix == ".gz":
+        # mtime=0: identical arrays give identical files (stable checksums).
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    atomic_write(path, data)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory, fsync, then rename over `path`, so readers
+    (other processes included) see either the old file or the complete new one, never a part.
+    OSError (read-only dir, disk full) propagates; callers turn it into a message."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; data sets are not secret
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
