@@ -1,0 +1,32 @@
+# `make train` and `make test` each create .venv when missing and install the pinned set.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup train test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+## Train the default recipe on MNIST into runs/ (extra flags: make train ARGS="--epochs 3").
+train: $(STAMP)
+	$(BIN)/mnist-cnn train $(ARGS)
+
+## The whole test suite, including one real-MNIST training run to an accuracy floor.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+## Everything but the slow real-MNIST tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

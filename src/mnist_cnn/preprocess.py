@@ -1,0 +1,107 @@
+"""Turning a person's image into what the network saw in training, the way MNIST was made.
+
+MNIST digits are white ink on black, the ink's bounding box scaled so its longer side is 20 px
+(aspect kept, anti-aliased), then placed in a 28x28 field so that the ink's centre of mass sits
+at the centre. We redo exactly that for any picture: photo, scan, drawing on a web canvas.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_cnn.errors import MnistCnnError
+
+# Refuse decompression bombs: 40 megapixels is a 7,000 x 6,000 photo, far beyond a digit.
+MAX_PIXELS = 40_000_000
+FIELD = 28   # output size, pixels
+BOX = 20     # longer side of the ink's bounding box after scaling, pixels
+INK_THRESHOLD = 0.15  # fraction of the ink/background contrast that counts as ink
+
+
+class ImageError(MnistCnnError):
+    """An input that is not a usable image (unreadable, truncated, empty canvas, too large)."""
+
+
+@dataclass
+class Preprocessed:
+    image: torch.Tensor      # (1, 28, 28) uint8, white ink on black, like MNIST
+    inverted: bool           # True when the input had dark ink on a light background
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Decode an image file or bytes fully (so truncation is found here), with size checks."""
+    name = "image" if isinstance(source, bytes) else str(source)
+    try:
+        if isinstance(source, bytes):
+            if not source:
+                raise ImageError("image data is empty (0 bytes)")
+            image = Image.open(io.BytesIO(source))
+        else:
+            if Path(source).stat().st_size == 0:
+                raise ImageError(f"{name} is empty (0 bytes)")
+            image = Image.open(source)
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(f"{name} is {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} allowed")
+        image.load()
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{name} is not a readable image ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
+    return image
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """(H, W) float32 in [0, 1]; transparent pixels become the background (white)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def mnist_style(gray: np.ndarray, name: str = "image") -> Preprocessed:
+    """Grey (H, W) in [0, 1] -> MNIST-style 28x28: ink white on black, box 20 px, centred by mass."""
+    # The background is the commoner tone along the border; invert when it is light.
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    inverted = bool(np.median(border) > 0.5)
+    ink = 1.0 - gray if inverted else gray.copy()
+    ink -= np.median(np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]]))
+    ink = np.clip(ink, 0.0, None)
+    peak = float(ink.max())
+    if peak < 0.1:  # less than 10% contrast anywhere: a blank canvas or a flat photo
+        raise ImageError(f"{name} has no visible ink (blank or uniform image)")
+    ink /= peak
+    rows = np.flatnonzero((ink > INK_THRESHOLD).any(axis=1))
+    cols = np.flatnonzero((ink > INK_THRESHOLD).any(axis=0))
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = crop.shape
+    scale = BOX / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    small = Image.fromarray((crop * 255).astype(np.uint8)).resize((new_w, new_h), Image.Resampling.LANCZOS)
+    small_arr = np.asarray(small, dtype=np.float32)
+    # Centre of mass of the scaled ink goes to the field's centre (MNIST's recipe), clamped so
+    # the box stays inside the 28x28 field.
+    total = small_arr.sum()
+    ys, xs = np.indices(small_arr.shape)
+    cy, cx = (ys * small_arr).sum() / total, (xs * small_arr).sum() / total
+    top = int(np.clip(round(FIELD / 2 - cy), 0, FIELD - new_h))
+    left = int(np.clip(round(FIELD / 2 - cx), 0, FIELD - new_w))
+    field = np.zeros((FIELD, FIELD), dtype=np.float32)
+    field[top:top + new_h, left:left + new_w] = small_arr
+    out = torch.from_numpy(np.clip(field, 0, 255).round().astype(np.uint8))[None]
+    return Preprocessed(out, inverted)
+
+
+def preprocess(source: str | Path | bytes | Image.Image) -> Preprocessed:
+    """Any image file, bytes or PIL image -> MNIST-style (1, 28, 28) uint8 tensor."""
+    image = source if isinstance(source, Image.Image) else open_image(source)
+    name = "image" if isinstance(source, (bytes, Image.Image)) else str(source)
+    return mnist_style(to_grayscale(image), name)
