@@ -68,7 +68,10 @@ def parse_idx(data: bytes, origin: str = "<bytes>") -> np.ndarray:
     if actual > expected:
         raise DataError(f"{origin}: {actual - expected} unexpected bytes after the data for shape {dims}")
     array = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header)
-    array = array.reshape(dims)
+    try:
+        array = array.reshape(dims)
+    except ValueError as exc:  # >64 dims, or empty but with dims numpy cannot index
+        raise DataError(f"{origin}: unsupported IDX shape {dims} ({exc})") from exc
     if dtype.byteorder == ">":
         array = array.astype(dtype.newbyteorder("="))
     return array
