@@ -124,15 +124,16 @@ def fetch_arrays(
 
 def verify(raw: bytes, f: FileSpec, n_classes: int) -> np.ndarray:
     """Check uncompressed IDX bytes against the registry; return the array. DataError if bad."""
-    if f.md5 is not None:
-        got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
-        if got != f.md5:
-            raise DataError(f"{f.name}: MD5 {got} is not the official {f.md5}")
+    # Structure first: "truncated" or "10 images, expected 60000" says more than an MD5 mismatch.
     array = parse_idx(raw, f.name)
     if array.dtype != np.uint8 or array.shape != f.shape:
         raise DataError(f"{f.name}: {array.dtype} {array.shape}, expected uint8 {f.shape}")
     if not f.is_images and array.size and int(array.max()) >= n_classes:
         raise DataError(f"{f.name}: label {int(array.max())} out of range for {n_classes} classes")
+    if f.md5 is not None:
+        got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
+        if got != f.md5:
+            raise DataError(f"{f.name}: MD5 {got} is not the official {f.md5}")
     return array
 
 

