@@ -25,6 +25,7 @@ class TrainConfig:
     dataset: str = _f("mnist", "data set name")
     data_dir: str | None = _f(None, "directory holding the four IDX files (plain or .gz), tried first")
     validation_size: int = _f(5000, "images taken from the START of the official training file for validation")
+    train_subset: int = _f(0, "train on only the first N training images, 0 = all (quick trials)")
     # How to train.
     epochs: int = _f(6, "passes over the training set")
     batch_size: int = _f(128, "images per optimizer step")
@@ -35,6 +36,10 @@ class TrainConfig:
     schedule: str = _f("onecycle", "learning-rate schedule over all steps", ("constant", "onecycle", "linear"))
     warmup: float = _f(0.25, "fraction of all steps spent warming up (onecycle, linear)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing, 0 = plain softmax cross-entropy")
+    augment: str = _f("none", "training-batch augmentation: affine = random rotation +-10 deg, zoom +-10%, "
+                      "shift +-2 px, batched on the device (see augment.py)", ("none", "affine"))
+    ema: float = _f(0.0, "decay per optimizer step of an exponential moving average of the weights, "
+                    "used for validation and saved for evaluation; 0 = off (0.999 ~ last 1000 steps)")
     # Reproducibility and machine.
     seed: int = _f(0, "seeds model init, data order and every RNG")
     device: str = _f("auto", "auto = cuda when available, else cpu", ("auto", "cpu", "cuda"))
@@ -52,6 +57,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                  warmup=0.0, label_smoothing=0.0),
     # The lesson's network trained the modern way: one-cycle Adam at a 30x higher peak rate.
     "default": dict(),
+    # The strongest recipe here: batch-norm CNN, affine augmentation, label smoothing, EMA weights.
+    # 430 steps an epoch; EMA horizon 1/(1-0.999) = 1000 steps ~ 2.3 epochs.
+    "best": dict(model="best", epochs=15, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
+                 schedule="onecycle", warmup=0.2, label_smoothing=0.1, augment="affine", ema=0.999),
 }
 
 
@@ -134,7 +143,9 @@ def validate(c: TrainConfig) -> None:
     need(0 <= c.momentum < 1, f"momentum must be in [0, 1), not {c.momentum}")
     need(0 <= c.warmup < 1, f"warmup must be a fraction in [0, 1), not {c.warmup}")
     need(0 <= c.label_smoothing < 1, f"label_smoothing must be in [0, 1), not {c.label_smoothing}")
+    need(0 <= c.ema < 1, f"ema must be a decay in [0, 1) (0 = off), not {c.ema}")
     need(c.validation_size > 0, f"validation_size must be a positive integer, not {c.validation_size}")
+    need(c.train_subset >= 0, f"train_subset must be >= 0 (0 = all), not {c.train_subset}")
     need(c.threads >= 0, f"threads must be >= 0, not {c.threads}")
     need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, not {c.checkpoint_every}")
     need(c.seed >= 0, f"seed must be >= 0, not {c.seed}")

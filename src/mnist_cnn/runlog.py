@@ -78,8 +78,12 @@ class RunLogger:
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """The model graph, as the lesson's `writer.add_graph(sess.graph)`."""
+        import warnings
+
         try:
-            self.train_writer.add_graph(model, example)
+            with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
+                warnings.simplefilter("ignore")
+                self.train_writer.add_graph(model, example)
         except Exception as e:  # tracing is best-effort; a model that cannot be traced still trains
             self.print(f"note: model graph not written to TensorBoard ({type(e).__name__})")
 

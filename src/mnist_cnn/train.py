@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn import config as cfg
+from mnist_cnn import distributed
 from mnist_cnn.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from mnist_cnn.config import TrainConfig
+from mnist_cnn.distributed import DistInfo
 from mnist_cnn.errors import MnistCnnError, UsageError
 from mnist_cnn.models import create_model
 from mnist_cnn.runlog import EpochRecord, RunLogger
@@ -73,10 +75,13 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 def make_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
     if config.schedule == "constant":
         return None
-    warmup_steps = max(1, round(config.warmup * total_steps))
     if config.schedule == "onecycle":
+        if total_steps < 3:  # OneCycleLR needs a distinct step for each of its phase ends
+            return None
+        warmup_steps = min(max(2, round(config.warmup * total_steps)), total_steps - 1)
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup_steps / total_steps)
+    warmup_steps = max(1, round(config.warmup * total_steps))
 
     def linear(step: int) -> float:  # ramp up to the peak, then straight down to zero
         if step < warmup_steps:
@@ -193,45 +198,69 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         config = cfg.from_dict(dict(state["config"]))
     else:
         config = config or cfg.make_config()
-        run_dir = create_run_dir(out_dir, name or default_run_name(config.preset), force)
-        write_json(run_dir / "config.json", cfg.to_dict(config))
-    run_info = {"status": "running", "started": now_iso(), "resumed_from_step": state["global_step"] if state else None}
-    write_json(run_dir / "run.json", run_info)
-
+    # Under torchrun this process is one rank of several (see distributed.py): it joins the
+    # group, and only rank 0 writes the run directory and prints.
+    device = select_device(config.device)
+    dist_info = distributed.init_distributed(device)
+    device = distributed.device_for(device, dist_info)
+    write_json_main = write_json if dist_info.is_main else _skip
+    print_fn = print_fn if dist_info.is_main else _skip
     try:
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        device = select_device(config.device)
-        seed_everything(config.seed)
-        if dataset is None:
-            from mnist_cnn.data import load_dataset
+        if state is None:
+            def new_run_dir() -> Path:
+                path = create_run_dir(out_dir, name or default_run_name(config.preset), force)
+                write_json(path / "config.json", cfg.to_dict(config))
+                return path
 
-            dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
-        write_json(run_dir / "environment.json", {**environment_info(device, config.seed), "data_source": getattr(dataset, "source", "")})
-        result = _train_loop(config, run_dir, dataset, device, state, print_fn, progress, stop_after_steps)
-    except TrainingInterrupted:
-        write_json(run_dir / "run.json", {**run_info, "status": "interrupted", "stopped": now_iso()})
-        raise
-    except BaseException:
-        write_json(run_dir / "run.json", {**run_info, "status": "failed", "stopped": now_iso()})
-        raise
-    write_json(run_dir / "run.json", {**run_info, "status": "complete", "finished": now_iso()})
-    return result
+            run_dir = distributed.from_main(new_run_dir, dist_info)
+        run_info = {"status": "running", "started": now_iso(), "resumed_from_step": state["global_step"] if state else None}
+        write_json_main(run_dir / "run.json", run_info)
+
+        try:
+            if config.threads:
+                torch.set_num_threads(config.threads)
+            seed_everything(config.seed)
+            if dataset is None:
+                from mnist_cnn.data import load_dataset
+
+                dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
+            write_json_main(run_dir / "environment.json", {**environment_info(device, config.seed), "data_source": getattr(dataset, "source", ""),
+                                                           "world_size": dist_info.world_size})
+            result = _train_loop(config, run_dir, dataset, device, state, print_fn, progress, stop_after_steps,
+                                 dist_info)
+        except TrainingInterrupted:
+            write_json_main(run_dir / "run.json", {**run_info, "status": "interrupted", "stopped": now_iso()})
+            raise
+        except BaseException:
+            write_json_main(run_dir / "run.json", {**run_info, "status": "failed", "stopped": now_iso()})
+            raise
+        write_json_main(run_dir / "run.json", {**run_info, "status": "complete", "finished": now_iso()})
+        return result
+    finally:
+        distributed.cleanup(dist_info)
+
+
+def _skip(*args: Any, **kwargs: Any) -> None:
+    """What ranks other than 0 do instead of writing run files or printing."""
 
 
 def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.device,
                 state: dict[str, Any] | None, print_fn: Callable[[str], None], progress: bool | None,
-                stop_after_steps: int | None) -> TrainResult:
+                stop_after_steps: int | None, dist_info: DistInfo = distributed.SINGLE) -> TrainResult:
     from mnist_cnn.plots import plot_curves, plot_samples
 
     channels_last = config.channels_last
     train_x, train_y = dataset.train.images.to(device), dataset.train.labels.to(device)
+    if config.train_subset:
+        train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
     val_x, val_y = dataset.validation.images, dataset.validation.labels
     n_train, batch = len(train_y), config.batch_size
     steps_per_epoch = n_train // batch
     if steps_per_epoch == 0:
         raise UsageError(f"batch_size {batch} is larger than the training set ({n_train} images)")
     total_steps = steps_per_epoch * config.epochs
+    shard = distributed.batch_shard(batch, dist_info)  # this rank's part of each global batch
+    evaluate_split = distributed.sharded_evaluate(evaluate, dist_info)
 
     model = create_model(config.model, num_classes=len(dataset.class_names),
                          in_channels=dataset.train.images.shape[1]).to(device)
@@ -260,7 +289,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
         step_correct.copy_(state["step_correct"])
 
     global_step = epoch * steps_per_epoch + step_in_epoch  # optimizer steps done so far
-    logger = RunLogger(run_dir, purge_step=global_step + 1 if state else None, print_fn=print_fn, progress=progress)
+    logger = (RunLogger(run_dir, purge_step=global_step + 1 if state else None, print_fn=print_fn, progress=progress)
+              if dist_info.is_main else distributed.NullLogger())
     logger.dataset_sizes(n_train, len(dataset.test), len(val_y))
     if state is None:
         logger.graph(model, to_input(train_x[:1], channels_last))
@@ -268,6 +298,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
         print_fn(f"Resuming {run_dir} at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch}")
 
     def checkpoint(epoch_seconds: float) -> None:
+        if not dist_info.is_main:
+            return
         save_checkpoint(run_dir / CHECKPOINT, {
             "config": cfg.to_dict(config), "class_names": list(dataset.class_names),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -278,7 +310,14 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             "history": [asdict(r) for r in history],
         })
 
+    def reduce_steps(first: int, stop: int | None = None) -> None:
+        """Per-step metrics of steps first..stop from this rank's shard to the global batch's,
+        once per logged range (a collective)."""
+        distributed.all_reduce_mean_(step_loss[first:stop], dist_info)
+        distributed.all_reduce_sum_(step_correct[first:stop], dist_info)
+
     model.train()
+    step_model = distributed.wrap_model(model, dist_info, device)  # DDP under torchrun, else model
     with stop_on_signals() as stop:
         while epoch < config.epochs:
             started = time.time()
@@ -292,7 +331,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             bar = logger.epoch_bar(epoch + 1, steps_per_epoch, step_in_epoch)
             while step_in_epoch < steps_per_epoch:
                 idx = order[step_in_epoch * batch:(step_in_epoch + 1) * batch]
-                loss, correct = train_step(model, optimizer, to_input(train_x[idx], channels_last), train_y[idx],
+                idx = idx[shard]
+                loss, correct = train_step(step_model, optimizer, to_input(train_x[idx], channels_last), train_y[idx],
                                            config.label_smoothing)
                 if schedule is not None:
                     schedule.step()
@@ -302,9 +342,10 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
                 step_in_epoch += 1
                 global_step += 1
                 bar.update()
-                interrupted = stop["signal"] or (stop_after_steps is not None and global_step >= stop_after_steps)
+                interrupted = distributed.agreed_signal(stop["signal"], dist_info, device, global_step) or (stop_after_steps is not None and global_step >= stop_after_steps)
                 periodic = config.checkpoint_every and global_step % config.checkpoint_every == 0
                 if (interrupted or periodic) and step_in_epoch < steps_per_epoch:
+                    reduce_steps(logged_from, step_in_epoch)
                     logger.train_steps(epoch * steps_per_epoch + logged_from + 1,
                                        step_loss[logged_from:step_in_epoch], step_correct[logged_from:step_in_epoch] / batch,
                                        walltimes)
@@ -318,9 +359,10 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
                 logger.close()
                 raise TrainingInterrupted(_interrupt_message(stop["signal"], run_dir, epoch, step_in_epoch, steps_per_epoch))
 
+            reduce_steps(logged_from)
             logger.train_steps(epoch * steps_per_epoch + logged_from + 1, step_loss[logged_from:],
                                step_correct[logged_from:] / batch, walltimes)
-            val_loss, val_acc = evaluate(model, val_x, val_y, channels_last=channels_last)
+            val_loss, val_acc = evaluate_split(model, val_x, val_y, channels_last=channels_last)
             record = EpochRecord(
                 epoch=epoch + 1, seconds=epoch_seconds_before + time.time() - started,
                 lr=optimizer.param_groups[0]["lr"],
@@ -331,10 +373,12 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             epoch, step_in_epoch, epoch_seconds_before = epoch + 1, 0, 0.0
             logger.epoch_end(record, global_step, history)
             checkpoint(0.0)
-            if stop["signal"] and epoch < config.epochs:
+            if distributed.agreed_signal(stop["signal"], dist_info, device) and epoch < config.epochs:
                 logger.close()
                 raise TrainingInterrupted(_interrupt_message(stop["signal"], run_dir, epoch, 0, steps_per_epoch))
     logger.close()
+    if not dist_info.is_main:
+        return TrainResult(run_dir, history, model, config)
 
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
