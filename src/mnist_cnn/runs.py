@@ -117,7 +117,9 @@ def load_trained(run: str | Path, device: str | torch.device = "cpu") -> Trained
     state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
     class_names = tuple(state["class_names"])
     model = create_model(state["config"]["model"], num_classes=len(class_names))
-    load_model_state(model, state["model"], run_dir / CHECKPOINT)
+    # A run trained with `ema` is evaluated with its averaged weights, as its validation was.
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    load_model_state(model, weights, run_dir / CHECKPOINT)
     model.to(device).eval()
     status = "unknown"
     if (run_dir / "run.json").is_file():

@@ -23,9 +23,11 @@ from torch import nn
 
 from mnist_cnn import config as cfg
 from mnist_cnn import distributed
+from mnist_cnn.augment import augment
 from mnist_cnn.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from mnist_cnn.config import TrainConfig
 from mnist_cnn.distributed import DistInfo
+from mnist_cnn.ema import EMA
 from mnist_cnn.errors import MnistCnnError, UsageError
 from mnist_cnn.models import create_model
 from mnist_cnn.runlog import EpochRecord, RunLogger
@@ -268,6 +270,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     schedule = make_schedule(config, optimizer, total_steps)
+    ema = EMA(model, config.ema) if config.ema else None  # averaged weights, updated after each step
+    eval_model = ema.model if ema is not None else model  # what validation sees and evaluation loads
     data_order = torch.Generator().manual_seed(config.seed)  # CPU generator: same order on any device
 
     history: list[EpochRecord] = []
@@ -280,6 +284,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:
             schedule.load_state_dict(state["schedule"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         restore_rng_state(state["rng"], data_order)
         epoch_start_order = state["rng"]["data_order_epoch_start"]
         history = [EpochRecord(**r) for r in state["history"]]
@@ -304,6 +310,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             "config": cfg.to_dict(config), "class_names": list(dataset.class_names),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict() if schedule is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
             "rng": rng_state(data_order, epoch_start_order),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "epoch_seconds": epoch_seconds, "step_loss": step_loss.cpu(), "step_correct": step_correct.cpu(),
@@ -332,7 +339,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             while step_in_epoch < steps_per_epoch:
                 idx = order[step_in_epoch * batch:(step_in_epoch + 1) * batch]
                 idx = idx[shard]
-                loss, correct = train_step(step_model, optimizer, to_input(train_x[idx], channels_last), train_y[idx],
+                images = augment(to_input(train_x[idx], channels_last), config.augment)  # (B, C, 28, 28) float
+                loss, correct = train_step(step_model, optimizer, images, train_y[idx],
                                            config.label_smoothing)
                 if schedule is not None:
                     schedule.step()
@@ -341,6 +349,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
                 walltimes.append(time.time())
                 step_in_epoch += 1
                 global_step += 1
+                if ema is not None:
+                    ema.update(model, global_step)
                 bar.update()
                 interrupted = distributed.agreed_signal(stop["signal"], dist_info, device, global_step) or (stop_after_steps is not None and global_step >= stop_after_steps)
                 periodic = config.checkpoint_every and global_step % config.checkpoint_every == 0
@@ -362,7 +372,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             reduce_steps(logged_from)
             logger.train_steps(epoch * steps_per_epoch + logged_from + 1, step_loss[logged_from:],
                                step_correct[logged_from:] / batch, walltimes)
-            val_loss, val_acc = evaluate_split(model, val_x, val_y, channels_last=channels_last)
+            val_loss, val_acc = evaluate_split(eval_model, val_x, val_y, channels_last=channels_last)
             record = EpochRecord(
                 epoch=epoch + 1, seconds=epoch_seconds_before + time.time() - started,
                 lr=optimizer.param_groups[0]["lr"],
@@ -383,12 +393,12 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_curves(history, plots / "curves.png")
-    val_logits = torch.cat([predict_logits(model, val_x[:2000].to(device), channels_last=channels_last)]).cpu()
+    val_logits = torch.cat([predict_logits(eval_model, val_x[:2000].to(device), channels_last=channels_last)]).cpu()
     plot_samples(val_x[:2000], val_y[:2000], val_logits.argmax(1), dataset.class_names, plots / "samples.png")
     best = max(history, key=lambda r: r.validation_accuracy)
     print_fn(f"Best validation accuracy {best.validation_accuracy:.4f} at epoch {best.epoch}. "
              f"Run saved in {run_dir} (view with: tensorboard --logdir {run_dir.parent})")
-    return TrainResult(run_dir, history, model, config)
+    return TrainResult(run_dir, history, eval_model, config)
 
 
 def _interrupt_message(signal_name: str | None, run_dir: Path, epoch: int, step: int, steps: int) -> str:
