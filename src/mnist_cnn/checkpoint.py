@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ FORMAT = "mnist-cnn-checkpoint"
 # Bump when the layout below changes incompatibly; loading refuses other versions.
 VERSION = 1
 REQUIRED_KEYS = ("format", "version", "config", "model", "class_names")
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, read-only directory); the old one is intact."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -44,10 +49,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically save `state` (tensors, dicts, lists, numbers, strings) with format tags."""
+    """Atomically save `state` (tensors, dicts, lists, numbers, strings) with format tags.
+
+    A write that fails (full disk, read-only directory) is a one-line CheckpointError; the
+    previous checkpoint at `path`, if any, is left as it was.
+    """
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "version": VERSION, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as e:
+        kept = "; the previous checkpoint is kept" if Path(path).is_file() else ""
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {e.strerror or e}{kept}") from e
+
+
+def remove_stale_temp_files(directory: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a kill -9 or power loss cut short.
+
+    Only call this while no other process writes into `directory` (e.g. when resuming a run).
+    """
+    stale = sorted(Path(directory).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -56,10 +80,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable mnist-cnn checkpoint (truncated or corrupt?): {first_line[:200]}") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise on the way to our one-line error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, IndexError... for bad files
+        raise CheckpointError(f"{path} is not a readable mnist-cnn checkpoint ({_load_failure(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mnist-cnn checkpoint")
     if state.get("version") != VERSION:
@@ -69,6 +94,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
     return state
+
+
+def _load_failure(e: Exception) -> str:
+    """A short reason for a file torch.load refused (torch's own text suggests unsafe loading)."""
+    text = str(e).strip()
+    if "Unsupported global" in text:  # a real pickle of classes or functions
+        return "it holds Python objects, not only tensors and plain data; refused, since unpickling them could run code"
+    if "Weights only load failed" in text:
+        return "truncated, corrupt, or not a checkpoint: not a PyTorch file of tensors and plain data"
+    first = text.splitlines()[0].split(". ")[0][:160] if text else ""
+    return f"truncated or corrupt: {type(e).__name__}{': ' + first if first else ''}"
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path | str) -> None:

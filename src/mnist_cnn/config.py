@@ -148,4 +148,4 @@ def validate(c: TrainConfig) -> None:
     need(c.train_subset >= 0, f"train_subset must be >= 0 (0 = all), not {c.train_subset}")
     need(c.threads >= 0, f"threads must be >= 0, not {c.threads}")
     need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, not {c.checkpoint_every}")
-    need(c.seed >= 0, f"seed must be >= 0, not {c.seed}")
+    need(0 <= c.seed < 2**32, f"seed must be in 0..4294967295 (numpy's seed range), not {c.seed}")

@@ -49,6 +49,8 @@ def default_run_name(preset: str) -> str:
 
 def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
     """Make a fresh run directory; an existing one is replaced only with `force`."""
+    if not name or name in (".", "..") or Path(name).name != name:
+        raise UsageError(f"run name {name!r} must be a plain directory name (use --out for the parent directory)")
     path = Path(out_dir) / name
     if path.exists():
         if not force:
@@ -116,7 +118,10 @@ def load_trained(run: str | Path, device: str | torch.device = "cpu") -> Trained
     run_dir = resolve_run(run)
     state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
     class_names = tuple(state["class_names"])
-    model = create_model(state["config"]["model"], num_classes=len(class_names))
+    try:
+        model = create_model(state["config"]["model"], num_classes=len(class_names))
+    except (UsageError, KeyError, TypeError) as e:  # a checkpoint from a newer or altered mnist-cnn
+        raise CheckpointError(f"{run_dir / CHECKPOINT} names a model this mnist-cnn cannot build: {e}") from None
     # A run trained with `ema` is evaluated with its averaged weights, as its validation was.
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     load_model_state(model, weights, run_dir / CHECKPOINT)

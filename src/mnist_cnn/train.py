@@ -24,15 +24,21 @@ from torch import nn
 from mnist_cnn import config as cfg
 from mnist_cnn import distributed
 from mnist_cnn.augment import augment
-from mnist_cnn.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from mnist_cnn.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_state, remove_stale_temp_files,
+                                  save_checkpoint)
 from mnist_cnn.config import TrainConfig
 from mnist_cnn.distributed import DistInfo
 from mnist_cnn.ema import EMA
-from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.models import create_model
 from mnist_cnn.runlog import EpochRecord, RunLogger
 from mnist_cnn.runs import (CHECKPOINT, create_run_dir, default_run_name, environment_info, now_iso,
                             read_json, resolve_run, write_json)
+
+
+# What a checkpoint needs beyond config and weights to continue a run (evaluate needs only those).
+RESUME_KEYS = ("optimizer", "schedule", "rng", "history", "epoch", "step_in_epoch", "global_step",
+               "epoch_seconds", "step_loss", "step_correct")
 
 
 class TrainingInterrupted(MnistCnnError):
@@ -197,7 +203,14 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         if run_info.get("status") == "complete":
             raise UsageError(f"{run_dir} already finished all its epochs; nothing to resume")
         state = load_checkpoint(run_dir / CHECKPOINT)
-        config = cfg.from_dict(dict(state["config"]))
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{run_dir / CHECKPOINT} holds weights but not the training state to resume "
+                                  f"(no {', '.join(missing)})")
+        try:
+            config = cfg.from_dict(dict(state["config"]))
+        except UsageError as e:
+            raise CheckpointError(f"{run_dir / CHECKPOINT} holds a config this mnist-cnn cannot use: {e}") from None
     else:
         config = config or cfg.make_config()
     # Under torchrun this process is one rank of several (see distributed.py): it joins the
@@ -215,6 +228,8 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
                 return path
 
             run_dir = distributed.from_main(new_run_dir, dist_info)
+        if state is not None and dist_info.is_main:
+            remove_stale_temp_files(run_dir)  # left by writes a kill -9 cut short; nobody else writes here now
         run_info = {"status": "running", "started": now_iso(), "resumed_from_step": state["global_step"] if state else None}
         write_json_main(run_dir / "run.json", run_info)
 
@@ -231,15 +246,29 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
             result = _train_loop(config, run_dir, dataset, device, state, print_fn, progress, stop_after_steps,
                                  dist_info)
         except TrainingInterrupted:
-            write_json_main(run_dir / "run.json", {**run_info, "status": "interrupted", "stopped": now_iso()})
+            _record_status(write_json_main, run_dir, {**run_info, "status": "interrupted", "stopped": now_iso()})
             raise
+        except (OSError, CheckpointWriteError) as e:  # full disk, lost mount, read-only directory...
+            _record_status(write_json_main, run_dir, {**run_info, "status": "failed", "stopped": now_iso()})
+            reason = str(e) if isinstance(e, CheckpointWriteError) else f"cannot write {e.filename or run_dir}: {e.strerror or e}"
+            if (run_dir / CHECKPOINT).is_file():
+                reason += f". Once that is fixed, resume with: mnist-cnn train --resume {run_dir}"
+            raise MnistCnnError(reason) from e
         except BaseException:
-            write_json_main(run_dir / "run.json", {**run_info, "status": "failed", "stopped": now_iso()})
+            _record_status(write_json_main, run_dir, {**run_info, "status": "failed", "stopped": now_iso()})
             raise
         write_json_main(run_dir / "run.json", {**run_info, "status": "complete", "finished": now_iso()})
         return result
     finally:
         distributed.cleanup(dist_info)
+
+
+def _record_status(write: Callable[[Path, Any], None], run_dir: Path, info: dict[str, Any]) -> None:
+    """Best effort: a status that cannot be written (full disk) must not hide the error being reported."""
+    try:
+        write(run_dir / "run.json", info)
+    except OSError:
+        pass
 
 
 def _skip(*args: Any, **kwargs: Any) -> None:

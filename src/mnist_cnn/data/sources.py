@@ -95,9 +95,7 @@ def fetch_arrays(
     if data_dir is not None:
         label = f"data dir {data_dir}"
         take(label, _read_dir(spec, data_dir, need(), label, tried, delete_bad=False))
-        if need():
-            reasons = "; ".join(r for s, r in tried if s == label)
-            log.warning("%s: %s; trying the cache and downloads", label, reasons)
+        data_dir_problems = "; ".join(r for s, r in tried if s == label)
 
     cache = cache_root() / spec.name
     if need():
@@ -118,6 +116,9 @@ def fetch_arrays(
                      _from_debian(spec, need(), cache, tried))
     if need():
         raise DataError(_failure_message(spec, data_dir, cache, need(), tried))
+    if data_dir is not None and data_dir_problems:
+        # Said only now, when another source stepped in: on failure the error above says it once.
+        log.warning("%s: %s; used %s instead", f"data dir {data_dir}", data_dir_problems, " + ".join(o for o in origins if not o.startswith("data dir")))
     return found, " + ".join(origins)
 
 
@@ -467,11 +468,11 @@ def _failure_message(
     for source, reason in tried:
         by_source.setdefault(source, []).append(reason)
     names = ", ".join(spec.file(k).name for k in missing)
-    lines = [f"could not obtain the {spec.name} data set (missing: {names}). Tried:"]
-    lines += [f"  - {source}: {'; '.join(reasons)}" for source, reasons in by_source.items()]
-    lines.append(
+    attempts = " | ".join(f"{source}: {'; '.join(reasons)}" for source, reasons in by_source.items())
+    # One line: the CLI shows every error as a single `mnist-cnn: error: ...` line.
+    return (
+        f"could not obtain the {spec.name} data set (missing: {names}). Tried: {attempts}. "
         f"To install by hand, put the files {names} (plain or .gz) in {cache}"
         + ("" if data_dir is None else f" or in {data_dir}")
         + f", or pass a directory holding them; {ENV_CACHE} chooses another cache directory."
     )
-    return "\n".join(lines)
