@@ -63,19 +63,115 @@ def run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- evaluate
 def add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory (or its checkpoint.pt)")
+    p.add_argument("run", metavar="RUN", help="run directory, its checkpoint.pt, or an exported .onnx file")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split (default: test)")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", metavar="DIR", help="where to write the report and figures (default: RUN/evaluation)")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON instead of text")
+    p.add_argument("--no-files", dest="files", action="store_false",
+                   help="only print; write no PNG/JSON/TensorBoard files")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from mnist_cnn.evaluate import evaluate_run
+    import json
 
-    result = evaluate_run(args.run, args.split, args.data_dir, args.device)
-    print(f"{result.split.capitalize()} set: {result.images} images")
-    print(f"- Loss:\t\t{result.loss:.4f}")
-    print(f"- Accuracy:\t{result.accuracy:.4f}")
+    from mnist_cnn.evaluate import evaluate_classifier, format_report, load_split, write_report
+    from mnist_cnn.inference import load_classifier
+
+    classifier = load_classifier(args.run, args.device)
+    part = load_split(classifier.config, args.split, args.data_dir)
+    result = evaluate_classifier(classifier, part, args.split)
+    if args.files:
+        write_report(result, part.images, args.out or classifier.output_dir("evaluation"), classifier.global_step)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(format_report(result))
+        if result.files:
+            print("\nWrote " + ", ".join(result.files[k] for k in ("report", "confusion", "mistakes"))
+                  + f"\nTensorBoard images: tensorboard --logdir {result.files['tensorboard']}")
+    return 0
+
+
+# ---------------------------------------------------------------- predict
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run directory, its checkpoint.pt, or an exported .onnx file")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF) or directories of them")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image (default: 3)")
+    p.add_argument("--json", action="store_true", help="print one JSON list of results")
+    p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per file")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from mnist_cnn.inference import load_classifier
+    from mnist_cnn.predict import format_prediction, predict_images, predictions_json
+
+    classifier = load_classifier(args.run, args.device)
+    results = predict_images(classifier, args.images, args.top_k, args.save_preprocessed)
+    for r in results:
+        if not r.ok:
+            print(f"mnist-cnn: error: {r.error}", file=sys.stderr)
+        elif not args.json:
+            print(format_prediction(r))
+    if args.json:
+        print(json.dumps(predictions_json(results), indent=2))
+    return 0 if all(r.ok for r in results) else 1
+
+
+# ---------------------------------------------------------------- export
+def add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run directory (or its checkpoint.pt)")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="file format (default: onnx)")
+    p.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("--data-dir", help="directory holding the IDX files, tried first (for the parity check)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mnist_cnn.export import export_onnx
+    from mnist_cnn.runs import resolve_run
+
+    out = args.out or Path(resolve_run(args.run)) / "model.onnx"
+    r = export_onnx(args.run, out, data_dir=args.data_dir, force=args.force)
+    print(f"Wrote {r.path} ({r.bytes / 1024:.0f} KiB, dynamic batch) in {r.seconds:.1f} s")
+    print(f"Checked against PyTorch on {r.images_checked} images ({r.check_data}) with ONNX Runtime:")
+    print(f"- predicted class identical on {r.images_checked - r.argmax_mismatches}/{r.images_checked}")
+    print(f"- max |logit difference| {r.max_abs_logit_diff:.3g}")
+    if r.onnx_accuracy is not None:
+        print(f"- accuracy: ONNX {r.onnx_accuracy:.4f}, PyTorch {r.torch_accuracy:.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------- show
+def add_show(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="run directory (or its checkpoint.pt)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, default=None, metavar="N", help="test image number (default: 0)")
+    which.add_argument("--image", metavar="FILE", help="your own image file instead of a test image")
+    p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: RUN/show)")
+    p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from mnist_cnn.show import show_run
+
+    r = show_run(args.run, index=args.index if args.index is not None else 0, image=args.image, out_dir=args.out,
+                 data_dir=args.data_dir, device=args.device)
+    truth = f", true {r.true}" if r.true is not None else ""
+    print(f"{r.image_source}{truth}: predicted {r.predicted} ({r.confidence:.1%})")
+    print(f"Feature-map layers: {' '.join(r.layers)}")
+    for name, path in r.files.items():
+        if name != "tensorboard":
+            print(f"- {name}: {path}")
+    print(f"TensorBoard images: tensorboard --logdir {r.files['tensorboard']}")
     return 0
 
 
@@ -110,7 +206,11 @@ def run_models(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("train a network (the lesson's with --preset seed)", add_train, run_train),
-    "evaluate": ("test loss and accuracy of a trained run", add_evaluate, run_evaluate),
+    "evaluate": ("test loss, accuracy, per-class metrics, confusion matrix and worst mistakes of a run",
+                 add_evaluate, run_evaluate),
+    "predict": ("classify your own image files with a trained run or .onnx", add_predict, run_predict),
+    "export": ("export a run to ONNX, verified against PyTorch on the test set", add_export, run_export),
+    "show": ("PNGs of a run's conv filters and its layers' feature maps for one image", add_show, run_show),
     "export-csv": ("write TensorBoard's CSV downloads (Wall time,Step,Value) for a run", add_export_csv, run_export_csv),
     "models": ("list the registered networks", add_models, run_models),
 }
@@ -125,14 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (summary, add, run) in COMMANDS.items():
         p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
         add(p)
-        p.set_defaults(run=run)
+        p.set_defaults(command_fn=run)  # not `run`: commands take a positional RUN argument
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.command_fn(args)
     except MnistCnnError as e:
         print(f"mnist-cnn: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -64,3 +64,50 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Te
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# The functions below return their figure (already saved) so the caller can also log it to
+# TensorBoard with `writer.add_figure`; the caller closes it.
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path,
+                   title: str = "Confusion matrix"):
+    """Counts annotated; colour is the row's fraction so a class's errors show whatever its size."""
+    counts = torch.tensor(confusion, dtype=torch.float64)
+    fraction = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    c = len(class_names)
+    size = max(5.0, 0.55 * c + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    shown = ax.imshow(fraction.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    for i in range(c):
+        for j in range(c):
+            if counts[i, j]:
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if fraction[i, j] > 0.5 else ("red" if i != j else "black"))
+    ax.set_xticks(range(c), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right"
+                  if max(map(len, class_names)) > 2 else "center")
+    ax.set_yticks(range(c), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_mistakes(images: torch.Tensor, mistakes: Sequence, path: Path, title: str = "Worst mistakes",
+                  cols: int = 5):
+    """Gallery of misclassified images: true class, predicted class and its probability."""
+    images = images.cpu()
+    rows = max(1, -(-len(mistakes) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, m in zip(axes.flat, images, mistakes):
+        ax.imshow(image[0].numpy(), cmap="binary")
+        ax.set_title(f"#{m.index} true {m.true}\npred {m.predicted} ({m.confidence:.0%})", fontsize=8, color="red")
+    if not mistakes:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return fig
+

@@ -46,12 +46,14 @@ def open_image(source: str | Path | bytes) -> Image.Image:
                 raise ImageError(f"{name} is empty (0 bytes)")
             image = Image.open(source)
         if image.width * image.height > MAX_PIXELS:
-            raise ImageError(f"{name} is {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} allowed")
+            raise ImageError(f"{name} is {image.width}x{image.height}, more than the {MAX_PIXELS:,} pixels allowed")
         image.load()
     except ImageError:
         raise
     except FileNotFoundError:
         raise ImageError(f"{name}: no such file") from None
+    except Image.DecompressionBombError:  # PIL's own guard, raised at open for > 2x its limit
+        raise ImageError(f"{name} is an enormous image, more than the {MAX_PIXELS:,} pixels allowed") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name} is not a readable image ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
     return image

@@ -411,10 +411,12 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             history.append(record)
             epoch, step_in_epoch, epoch_seconds_before = epoch + 1, 0, 0.0
             logger.epoch_end(record, global_step, history)
+            logger.histograms(model, global_step)
             checkpoint(0.0)
             if distributed.agreed_signal(stop["signal"], dist_info, device) and epoch < config.epochs:
                 logger.close()
                 raise TrainingInterrupted(_interrupt_message(stop["signal"], run_dir, epoch, 0, steps_per_epoch))
+    logger.hparams(cfg.to_dict(config), history)
     logger.close()
     if not dist_info.is_main:
         return TrainResult(run_dir, history, model, config)

@@ -1,0 +1,162 @@
+"""Exporting a trained model to ONNX, verified against PyTorch before it is called a success.
+
+The .onnx file takes `images` (batch, C, 28, 28) float32 in [0, 1] (uint8 pixels / 255, the
+training normalisation) with a dynamic batch dimension and returns `logits` (batch, classes).
+Its metadata_props carry the class names and the run's config, so `mnist-cnn predict` and
+`mnist-cnn evaluate` run on the file alone (see inference.py).
+
+The file is written next to its destination, checked with ONNX Runtime, and only then moved
+into place: a model that disagrees with PyTorch on any image's argmax is never left behind.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.inference import META_CLASS_NAMES, META_CONFIG, META_INPUT, META_VERSION
+
+OPSET = 17                   # supported by every onnxruntime since 1.11
+LOGIT_TOLERANCE = 1e-3       # max |logit difference| accepted; float32 rounding gives ~1e-5
+RANDOM_CHECK_IMAGES = 512    # parity sample when a bare model is exported without check images
+
+
+class ExportError(MnistCnnError):
+    """The exported model does not reproduce PyTorch, or could not be written."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    images_checked: int          # images run through both PyTorch and ONNX Runtime
+    check_data: str              # what they were ("mnist test split", "random uniform", ...)
+    argmax_mismatches: int       # images whose predicted class differs (must be 0)
+    max_abs_logit_diff: float    # over every image and class
+    onnx_accuracy: float | None  # on the check images when labels are known
+    torch_accuracy: float | None
+    seconds: float               # export + check, wall time
+    bytes: int
+
+
+def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class_names: Sequence[str] | None = None,
+                config: dict[str, Any] | None = None, check_images: torch.Tensor | None = None,
+                check_labels: torch.Tensor | None = None, data_dir: str | None = None, opset: int = OPSET,
+                force: bool = False) -> ExportReport:
+    """Export a run (directory / checkpoint.pt) or a model to ONNX at `path`, then verify it.
+
+    A run is checked on the full test split of its data set; a bare model on `check_images`
+    ((N, C, 28, 28) uint8) or, lacking them, RANDOM_CHECK_IMAGES random images. Raises ExportError
+    (and leaves no file) unless every argmax matches and logits agree within LOGIT_TOLERANCE.
+    """
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        raise UsageError("ONNX export needs onnx and onnxruntime: pip install 'mnist-cnn[export]'") from None
+    from mnist_cnn import __version__
+
+    started = time.time()
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise UsageError(f"the output file should end in .onnx: {path}")
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to replace it")
+    if not path.parent.is_dir():
+        raise UsageError(f"no directory {path.parent} to write {path.name} into")
+
+    check_data = "given images"
+    global_step = 0
+    if isinstance(run_or_model, nn.Module):
+        model = run_or_model
+        class_names = list(class_names) if class_names is not None else None
+        config = dict(config or {})
+    else:
+        from mnist_cnn.inference import load_classifier
+
+        classifier = load_classifier(run_or_model, "cpu")
+        if classifier.model is None:
+            raise UsageError(f"{run_or_model} is already an ONNX file")
+        model, config, global_step = classifier.model, classifier.config, classifier.global_step
+        class_names = list(classifier.class_names)
+        if check_images is None:
+            from mnist_cnn.evaluate import load_split
+
+            test = load_split(config, "test", data_dir)
+            check_images, check_labels = test.images, test.labels
+            check_data = f"{config.get('dataset', '?')} test split"
+    # A CPU float32 copy in the default memory layout: what ONNX Runtime will run.
+    model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).eval()
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    in_channels = first_conv.in_channels if first_conv is not None else 1
+    if check_images is None:
+        g = torch.Generator().manual_seed(0)
+        check_images = torch.randint(0, 256, (RANDOM_CHECK_IMAGES, in_channels, 28, 28), generator=g, dtype=torch.uint8)
+        check_data = "random uniform images"
+    with torch.inference_mode():
+        num_classes = model(torch.zeros(1, in_channels, 28, 28)).shape[1]
+    if class_names is None:
+        class_names = [str(k) for k in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise UsageError(f"{len(class_names)} class names for a model with {num_classes} outputs")
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with warnings.catch_warnings():
+            # torch >= 2.9 warns that the TorchScript exporter is legacy; the dynamo one needs
+            # onnxscript, which we do not depend on. Both give the same graph for these nets.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(1, in_channels, 28, 28),), str(tmp), dynamo=False,
+                              input_names=["images"], output_names=["logits"], opset_version=opset,
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        proto = onnx.load(str(tmp))
+        meta = {
+            META_CLASS_NAMES: json.dumps(list(class_names)),
+            META_CONFIG: json.dumps(config),
+            META_VERSION: __version__,
+            META_INPUT: f"images: (batch, {in_channels}, 28, 28) float32 = uint8 pixels / 255, white ink on black",
+            "mnist_cnn.global_step": str(global_step),
+        }
+        del proto.metadata_props[:]
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.checker.check_model(proto)
+        data = proto.SerializeToString()
+
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        mismatches, max_diff, onnx_correct, torch_correct = 0, 0.0, 0, 0
+        batch = 1000
+        for i in range(0, len(check_images), batch):  # 10k images: ~1 s each side on a CPU
+            x = check_images[i:i + batch].float().div_(255.0)
+            with torch.inference_mode():
+                reference = model(x)
+            got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+            mismatches += int((got.argmax(1) != reference.argmax(1)).sum())
+            max_diff = max(max_diff, float((got - reference).abs().max()))
+            if check_labels is not None:
+                labels = check_labels[i:i + batch].cpu()
+                onnx_correct += int((got.argmax(1) == labels).sum())
+                torch_correct += int((reference.argmax(1) == labels).sum())
+        n = len(check_images)
+        if mismatches or not max_diff <= LOGIT_TOLERANCE:  # `not <=` also catches NaN
+            raise ExportError(f"ONNX model disagrees with PyTorch: {mismatches} of {n} predicted classes differ, "
+                              f"max |logit difference| {max_diff:.3g} (limit {LOGIT_TOLERANCE}); nothing written")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except MnistCnnError:
+        raise
+    except Exception as e:  # exporter / checker / runtime failures: one line, not a traceback
+        raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    accuracy = (lambda c: c / n if check_labels is not None else None)
+    return ExportReport(path, n, check_data, mismatches, max_diff, accuracy(onnx_correct), accuracy(torch_correct),
+                        time.time() - started, len(data))
