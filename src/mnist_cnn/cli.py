@@ -204,6 +204,28 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+def add_serve(p: argparse.ArgumentParser) -> None:
+    from mnist_cnn.serve.app import DEFAULT_MAX_UPLOAD_MB
+
+    p.add_argument("run", metavar="RUN", help="run directory (or its checkpoint.pt)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
+                   help=f"largest request body accepted, MiB (default: {DEFAULT_MAX_UPLOAD_MB}); larger ones get HTTP 413")
+    p.add_argument("--log-requests", action="store_true", help="log every request, not only refused ones")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from mnist_cnn.serve.app import ServeConfig, serve
+
+    serve(ServeConfig(run=args.run, host=args.host, port=args.port, device=args.device,
+                      max_upload_mb=args.max_upload_mb, log_all=args.log_requests))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("train a network (the lesson's with --preset seed)", add_train, run_train),
     "evaluate": ("test loss, accuracy, per-class metrics, confusion matrix and worst mistakes of a run",
@@ -213,6 +235,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "show": ("PNGs of a run's conv filters and its layers' feature maps for one image", add_show, run_show),
     "export-csv": ("write TensorBoard's CSV downloads (Wall time,Step,Value) for a run", add_export_csv, run_export_csv),
     "models": ("list the registered networks", add_models, run_models),
+    "serve": ("a local web page: draw a digit and see what a run predicts", add_serve, run_serve),
 }
 
 

@@ -54,7 +54,9 @@ def open_image(source: str | Path | bytes) -> Image.Image:
         raise ImageError(f"{name}: no such file") from None
     except Image.DecompressionBombError:  # PIL's own guard, raised at open for > 2x its limit
         raise ImageError(f"{name} is an enormous image, more than the {MAX_PIXELS:,} pixels allowed") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:  # PIL's message names an in-memory object, not the input
+        raise ImageError(f"{name} is not a readable image (not a format PIL knows)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{name} is not a readable image ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
     return image
 
