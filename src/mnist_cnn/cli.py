@@ -226,6 +226,39 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- compare
+def add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run directories to put side by side")
+    p.add_argument("--plot", metavar="FILE", default="compare.png",
+                   help="PNG of their validation curves (default: compare.png; an existing file is replaced)")
+    p.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="print the table only")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from mnist_cnn.compare import compare_runs, format_table, tensorboard_command
+
+    summaries = compare_runs(args.runs)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+    else:
+        print(format_table(summaries))
+    if args.plot:
+        from mnist_cnn.plots import plot_comparison
+
+        try:
+            plot_comparison([(s.name, s.history) for s in summaries], args.plot)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.plot}: {e.strerror or e}") from None
+        if not args.json:
+            print(f"\nValidation curves: {args.plot}")
+    if not args.json:
+        print(f"Hyperparameters side by side (HPARAMS tab): {tensorboard_command(summaries)}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("train a network (the lesson's with --preset seed)", add_train, run_train),
     "evaluate": ("test loss, accuracy, per-class metrics, confusion matrix and worst mistakes of a run",
@@ -235,6 +268,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "show": ("PNGs of a run's conv filters and its layers' feature maps for one image", add_show, run_show),
     "export-csv": ("write TensorBoard's CSV downloads (Wall time,Step,Value) for a run", add_export_csv, run_export_csv),
     "models": ("list the registered networks", add_models, run_models),
+    "compare": ("several runs side by side: accuracy, epochs, time, size; PNG of their curves", add_compare, run_compare),
     "serve": ("a local web page: draw a digit and see what a run predicts", add_serve, run_serve),
 }
 

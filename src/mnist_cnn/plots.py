@@ -111,3 +111,20 @@ def plot_mistakes(images: torch.Tensor, mistakes: Sequence, path: Path, title: s
     fig.savefig(path, dpi=100)
     return fig
 
+
+
+def plot_comparison(runs: Sequence[tuple[str, Sequence[EpochRecord]]], path: Path) -> None:
+    """Validation accuracy and loss per epoch for several runs, one line each (`mnist-cnn compare`)."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, history in runs:
+        epochs = [r.epoch for r in history]
+        acc_ax.plot(epochs, [100 * r.validation_accuracy for r in history], "o-", ms=3, label=name)
+        loss_ax.plot(epochs, [r.validation_loss for r in history], "o-", ms=3, label=name)
+    acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    loss_ax.set(title="Validation loss (cross-entropy)", xlabel="epoch", ylabel="loss", yscale="log")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
