@@ -112,7 +112,6 @@ def plot_mistakes(images: torch.Tensor, mistakes: Sequence, path: Path, title: s
     return fig
 
 
-
 def plot_comparison(runs: Sequence[tuple[str, Sequence[EpochRecord]]], path: Path) -> None:
     """Validation accuracy and loss per epoch for several runs, one line each (`mnist-cnn compare`)."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
