@@ -22,8 +22,9 @@ def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
 class TrainConfig:
     # What to train on what.
     model: str = _f("seed", "registered network name (see `mnist-cnn models`)")
-    dataset: str = _f("mnist", "data set name")
-    data_dir: str | None = _f(None, "directory holding the four IDX files (plain or .gz), tried first")
+    dataset: str = _f("mnist", "data set name, or folder (your own images in --data-dir)")
+    data_dir: str | None = _f(None, "directory holding the four IDX files (plain or .gz), tried first; "
+                                    "with --dataset folder, the image folders (<class>/*.png)")
     validation_size: int = _f(5000, "images taken from the START of the official training file for validation")
     train_subset: int = _f(0, "train on only the first N training images, 0 = all (quick trials)")
     # How to train.
@@ -136,6 +137,8 @@ def validate(c: TrainConfig) -> None:
         value = getattr(c, f.name)
         need(choices is None or value in choices, f"{f.name} must be one of {', '.join(choices or ())}, not {value!r}")
     need(c.model in model_names(), f"unknown model {c.model!r}; choose one of: {', '.join(model_names())}")
+    need(c.dataset != "folder" or bool(c.data_dir), "dataset folder needs --data-dir DIR holding DIR/<class>/*.png "
+                                                    "(or DIR/train/<class>/ and DIR/test/<class>/)")
     need(c.epochs > 0, f"epochs must be a positive integer, not {c.epochs}")
     need(c.batch_size > 0, f"batch_size must be a positive integer, not {c.batch_size}")
     need(math.isfinite(c.lr) and c.lr > 0, f"lr must be a positive finite number, not {c.lr}")

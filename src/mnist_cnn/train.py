@@ -247,6 +247,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
                                  dist_info)
         except TrainingInterrupted:
             _record_status(write_json_main, run_dir, {**run_info, "status": "interrupted", "stopped": now_iso()})
+            distributed.barrier(dist_info)  # torchrun stops every rank once one exits: let rank 0 finish writing
             raise
         except (OSError, CheckpointWriteError) as e:  # full disk, lost mount, read-only directory...
             _record_status(write_json_main, run_dir, {**run_info, "status": "failed", "stopped": now_iso()})
@@ -258,6 +259,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
             _record_status(write_json_main, run_dir, {**run_info, "status": "failed", "stopped": now_iso()})
             raise
         write_json_main(run_dir / "run.json", {**run_info, "status": "complete", "finished": now_iso()})
+        distributed.barrier(dist_info)  # leave the group together (rank 0 was still plotting)
         return result
     finally:
         distributed.cleanup(dist_info)

@@ -46,7 +46,17 @@ def load_dataset(
     is the official test file. `data_dir` is a directory holding the four IDX files (plain or
     .gz), tried before the cache and downloads. `progress=None` shows download bars only when
     stderr is a terminal.
+
+    `name="folder"` reads people's own images from `data_dir` instead (one folder per class;
+    see mnist_cnn.data.folder for the layout and how images are converted and split).
     """
+    if name == "folder":
+        from mnist_cnn.data.folder import load_folder
+
+        if data_dir is None:
+            raise UsageError("dataset folder needs --data-dir DIR holding DIR/<class>/*.png "
+                             "(or DIR/train/<class>/ and DIR/test/<class>/)")
+        return load_folder(data_dir, validation_size)
     spec = get_spec(name)
     n_train = spec.file("train_images").count
     try:

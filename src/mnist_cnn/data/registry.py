@@ -183,5 +183,6 @@ def get_spec(name: str) -> DatasetSpec:
         return DATASETS[key]
     except KeyError:
         raise UsageError(
-            f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}"
+            f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}, "
+            "or folder (your own images in --data-dir)"
         ) from None
