@@ -37,18 +37,28 @@ def need(condition: bool, why: str) -> None:
         pytest.skip(why)
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    need(bool(chromium and driver_path), "Debian's chromium and chromium-driver are not installed "
-                                         "(apt-get install chromium chromium-driver)")
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """(browser, driver) paths. Session-scoped so that, named first, it is checked before the
+    session's real-MNIST training starts: a machine without Chromium skips at once."""
+    browser_path, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    need(bool(browser_path and driver_path), "Debian's chromium and chromium-driver are not installed "
+                                             "(apt-get install chromium chromium-driver)")
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
+        import selenium  # noqa: F401
     except ImportError:
         need(False, "selenium is not installed (pip install -r requirements.txt)")
+    return browser_path, driver_path
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser_path, driver_path = chromium
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium        # with both paths given, selenium-manager downloads nothing
+    options.binary_location = browser_path    # with both paths given, selenium-manager downloads nothing
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
@@ -133,7 +143,7 @@ def check_prediction(r: dict, digit: str) -> None:
     assert r["seen"] == [28, 28] and not r["messageIsError"]
 
 
-def test_draw_digits_and_upload_in_chromium(browser, page_url, trained_mnist_run, real_mnist_cache, tmp_path):
+def test_draw_digits_and_upload_in_chromium(chromium, browser, page_url, real_mnist_cache, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.get(page_url)
     first = results(browser)
