@@ -105,3 +105,14 @@ def test_compare_of_a_non_run_is_a_one_line_error(tmp_path, capsys):
 
 def test_class_names_reach_the_checkpoint_and_compare(runs):
     assert load_trained(runs / "fashion").class_names == FASHION
+
+
+def test_evaluate_command_with_several_runs_is_an_ensemble(runs, toy_test_split, tmp_path, capsys):
+    expected = ensemble.evaluate_ensemble([runs / "s0", runs / "s1"], device="cpu").evaluation.accuracy
+    assert main(["evaluate", str(runs / "s0"), str(runs / "s1"), "--out", str(tmp_path / "ens")]) == 0
+    out = capsys.readouterr().out
+    assert "Ensemble of 2" in out and f"accuracy {expected:.4f}" in out
+    assert json.loads((tmp_path / "ens" / "test.json").read_text())["accuracy"] == expected
+    assert main(["evaluate", str(runs / "s0"), "--tta", "--json"]) == 0  # one run + TTA: same path
+    report = json.loads(capsys.readouterr().out)
+    assert report["tta"] is True and len(report["members"]) == 1

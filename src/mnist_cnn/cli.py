@@ -63,7 +63,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- evaluate
 def add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory, its checkpoint.pt, or an exported .onnx file")
+    p.add_argument("run", metavar="RUN", nargs="+",
+                   help="run directory, its checkpoint.pt, or an exported .onnx file; several = an ensemble "
+                        "(their probabilities averaged)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average each model's probabilities over the image and its four "
+                        "1-pixel shifts (5x the compute)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split (default: test)")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -79,7 +84,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from mnist_cnn.evaluate import evaluate_classifier, format_report, load_split, write_report
     from mnist_cnn.inference import load_classifier
 
-    classifier = load_classifier(args.run, args.device)
+    if len(args.run) > 1 or args.tta:
+        return _evaluate_ensemble(args)
+    classifier = load_classifier(args.run[0], args.device)
     part = load_split(classifier.config, args.split, args.data_dir)
     result = evaluate_classifier(classifier, part, args.split)
     if args.files:
@@ -91,6 +98,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if result.files:
             print("\nWrote " + ", ".join(result.files[k] for k in ("report", "confusion", "mistakes"))
                   + f"\nTensorBoard images: tensorboard --logdir {result.files['tensorboard']}")
+    return 0
+
+
+def _evaluate_ensemble(args: argparse.Namespace) -> int:
+    """Several runs (and/or TTA): member and ensemble accuracy; the full report of the ensemble.
+    Files are written only with --out (an ensemble has no run directory of its own)."""
+    import json
+
+    from mnist_cnn.ensemble import evaluate_ensemble, format_members
+    from mnist_cnn.evaluate import format_report, write_report
+
+    result = evaluate_ensemble(args.run, args.split, args.data_dir, args.device, tta=args.tta)
+    if args.files and args.out:
+        write_report(result.evaluation, result.data.images, args.out)
+    if args.json:
+        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta,
+                          "members": [vars(m) for m in result.members]}, indent=2))
+        return 0
+    print(format_members(result) + "\n")
+    print(format_report(result.evaluation))
+    if result.evaluation.files:
+        print("\nWrote " + ", ".join(result.evaluation.files[k] for k in ("report", "confusion", "mistakes")))
     return 0
 
 

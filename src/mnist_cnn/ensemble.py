@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -36,6 +36,7 @@ class EnsembleEvaluation:
     evaluation: Evaluation   # the ensemble's metrics
     members: list[Member]
     tta: bool
+    data: Any                # the data.Split evaluated (images for the report's figures)
 
 
 def classifier_log_probs(classifier, images_u8: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -72,7 +73,7 @@ def evaluate_ensemble(runs: Sequence[str | Path], split: str = "test", data_dir:
                               float(-lp[torch.arange(len(labels)), labels].mean())))
     evaluation = summarize(ensemble_log_probs(member_log_probs), labels, first.class_names, split)
     evaluation.source = " + ".join(str(c.source) for c in classifiers) + (" (TTA)" if tta else "")
-    return EnsembleEvaluation(evaluation, members, tta)
+    return EnsembleEvaluation(evaluation, members, tta, part)
 
 
 def format_members(result: EnsembleEvaluation) -> str:
