@@ -209,3 +209,82 @@ def test_real_processes_fail_in_one_line(complete_run, tmp_path, data_env):
         out, err = p.communicate(timeout=180)
         assert_one_line_error(p.returncode, err, cases[name][1], [name])
     assert read_json(tmp_path / "runs" / "r" / "run.json")["status"] == "failed"
+
+
+# ---------------------------------------------------------------- the other commands
+def _png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def junk(complete_run, tmp_path_factory) -> Path:
+    """Files a new user might point the commands at by mistake."""
+    import struct as st
+    import zlib
+
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("junk")
+    digit = Image.new("L", (40, 40), 255)
+    for x in range(10, 30):
+        digit.putpixel((x, 20), 0)
+    (d / "ok.png").write_bytes(_png(digit))
+    (d / "text.png").write_text("hello\n")
+    (d / "zero.png").write_bytes(b"")
+    (d / "trunc.png").write_bytes(_png(digit)[:60])
+    tiff = __import__("io").BytesIO()
+    digit.save(tiff, "TIFF")
+    (d / "trunc.tif").write_bytes(tiff.getvalue()[:200])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return st.pack(">I", len(data)) + kind + data + st.pack(">I", zlib.crc32(kind + data))
+
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", st.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+                                 + chunk(b"IEND", b""))  # claims 10^10 pixels
+    (d / "blank.png").write_bytes(_png(Image.new("L", (30, 30), 255)))
+    (d / "garbage.onnx").write_bytes(b"not onnx at all")
+    (d / "existing.onnx").write_bytes(b"")
+    (d / "noimgs").mkdir()
+    (d / "noimgs" / "readme.txt").write_text("x")
+    (d / "empty").mkdir()
+    (d / "corrupt").mkdir()
+    (d / "corrupt" / CHECKPOINT).write_bytes((complete_run / CHECKPOINT).read_bytes()[:5000])
+    return d
+
+
+OTHER_COMMANDS = [  # {run} = a finished run, {j} = the junk directory
+    "predict {j}/nope {j}/ok.png", "predict {j}/empty {j}/ok.png", "predict {j}/corrupt {j}/ok.png",
+    "predict {run} {j}/text.png", "predict {run} {j}/zero.png", "predict {run} {j}/missing.png",
+    "predict {run} {j}/noimgs", "predict {run} {j}/trunc.png", "predict {run} {j}/trunc.tif",
+    "predict {run} {j}/bomb.png", "predict {run} {j}/blank.png", "predict {run} {j}/ok.png --top-k 0",
+    "predict {run} {j}/ok.png --top-k abc", "predict {j}/garbage.onnx {j}/ok.png",
+    "predict {run} {j}/ok.png --save-preprocessed {j}/text.png", "predict {run}",
+    "export {j}/nope", "export {j}/empty", "export {j}/corrupt", "export {run} --format tflite",
+    "export {run} --out {j}/existing.onnx", "export {run} --out {j}/no-dir/m.onnx",
+    "export {run} --out {j}/model.png", "export {run} --data-dir {j}/no-dir", "export {run} --out {j}/new.onnx",
+    "show {j}/nope", "show {j}/corrupt", "show {run} --index abc", "show {run} --image {j}/text.png",
+    "show {run} --image {j}/zero.png", "show {run} --image {j}/missing.png",
+    "show {run} --image {j}/ok.png --index 3", "show {run} --image {j}/ok.png --out {j}/text.png",
+    "show {run} --image {j}/blank.png", "show {run} --index 5",
+    "serve {j}/nope", "serve {j}/corrupt", "serve {run} --port -1", "serve {run} --port 70000",
+    "serve {run} --port abc", "serve {run} --host no.such.host.invalid --port 0",
+    "serve {run} --max-upload-mb 0", "serve {run} --max-upload-mb nan", "serve {run} --max-upload-mb inf",
+    "compare {j}/nope", "compare {j}/empty", "compare {j}/corrupt", "compare {run} --plot {j}/no-dir/x.png",
+    "compare",
+]
+
+
+@pytest.mark.parametrize("line", OTHER_COMMANDS)
+def test_other_commands_with_wrong_things(line, complete_run, junk, capsys, data_env):
+    """predict, export, show, serve, compare: one line, exit 1 or 2 (data sets are unreachable
+    here, so `export`/`show --index` of a good run fail at loading the test set, also in one line)."""
+    argv = line.format(run=complete_run, j=junk).split()
+    if argv[0] not in __import__("mnist_cnn.cli", fromlist=["COMMANDS"]).COMMANDS:
+        pytest.skip(f"no {argv[0]} command in this version")
+    rc, out, err = run_cli(argv, capsys)
+    assert rc in (USAGE, RUNTIME), (line, rc, err)
+    assert_one_line_error(rc, err, rc, argv)

@@ -286,8 +286,8 @@ def make_server(config: ServeConfig, log: Callable[[str], None] | None = None) -
     """Load the run and bind the socket (not yet serving). Port 0 picks a free port: see `.url`."""
     if not 0 <= config.port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, not {config.port}")
-    if config.max_upload_mb <= 0:
-        raise UsageError("--max-upload-mb must be positive")
+    if not 0 < config.max_upload_mb < 1 << 20:  # also refuses NaN and inf, which int() below cannot take
+        raise UsageError(f"--max-upload-mb must be a positive number of megabytes below 1048576, not {config.max_upload_mb}")
     if config.workers < 1:
         raise UsageError("--workers must be at least 1")
     from mnist_cnn.serve.predictor import Predictor  # torch: imported only when serving
