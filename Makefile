@@ -28,5 +28,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
+## Speed benchmark (issue #4): table + bench/results/<date>-<host>.json, ~5 min (ARGS=--quick: ~1 min).
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

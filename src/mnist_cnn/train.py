@@ -11,7 +11,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -71,11 +71,14 @@ def to_input(images_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
+    # fused=True (speed, issue #4): one kernel updates every tensor instead of ~10 ops per tensor;
+    # the same update rule (agrees with the per-tensor loop to ~1e-8), ~3x faster optimizer step
+    # on CPU, and no host syncs on CUDA.
     if config.optimizer == "adam":
         # Adam's defaults (betas 0.9/0.999, eps 1e-8) equal TF1's AdamOptimizer's.
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
                            weight_decay=config.weight_decay)
 
@@ -100,10 +103,14 @@ def make_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total_s
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step. Returns (mean loss, number correct) as 0-d tensors: no host sync."""
-    logits = model(images)
-    loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+               labels: torch.Tensor, label_smoothing: float = 0.0,
+               amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step. Returns (mean loss, number correct) as 0-d tensors: no host sync.
+
+    amp: forward and loss in bfloat16 autocast (CUDA only; bf16 needs no gradient scaler)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -216,6 +223,8 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
     # Under torchrun this process is one rank of several (see distributed.py): it joins the
     # group, and only rank 0 writes the run directory and prints.
     device = select_device(config.device)
+    if config.amp == "bf16" and device.type != "cuda":  # config.validate catches device=cpu; this, auto
+        raise UsageError("amp bf16 needs a CUDA GPU and none is available; use --amp off on the CPU")
     dist_info = distributed.init_distributed(device)
     device = distributed.device_for(device, dist_info)
     write_json_main = write_json if dist_info.is_main else _skip
@@ -356,6 +365,8 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
 
     model.train()
     step_model = distributed.wrap_model(model, dist_info, device)  # DDP under torchrun, else model
+    if config.compile:  # compiles on the first step (tens of seconds); checkpoints keep `model`'s plain names
+        step_model = torch.compile(step_model)
     with stop_on_signals() as stop:
         while epoch < config.epochs:
             started = time.time()
@@ -372,7 +383,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
                 idx = idx[shard]
                 images = augment(to_input(train_x[idx], channels_last), config.augment)  # (B, C, 28, 28) float
                 loss, correct = train_step(step_model, optimizer, images, train_y[idx],
-                                           config.label_smoothing)
+                                           config.label_smoothing, amp=config.amp == "bf16")
                 if schedule is not None:
                     schedule.step()
                 step_loss[step_in_epoch] = loss

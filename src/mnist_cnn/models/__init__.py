@@ -47,3 +47,4 @@ def count_parameters(model: nn.Module) -> int:
 # Importing the modules registers their models.
 from mnist_cnn.models import seed  # noqa: E402,F401
 from mnist_cnn.models import best  # noqa: E402,F401
+from mnist_cnn.models import fast  # noqa: E402,F401

@@ -1,0 +1,404 @@
+"""Speed benchmark for mnist-cnn (issue #4): `make bench`, or `python bench/bench.py [--quick]`.
+
+Measures side by side in ONE process, so noisy shared machines still give fair ratios:
+
+1. throughput  the seed recipe's training loop (train.py's seams: uint8 data as tensors, batches
+               by index, channels_last, no per-step host sync) against a plain tutorial loop
+               (DataLoader over a TensorDataset of float images, NCHW, `loss.item()` every step),
+               same network, optimizer (Adam 1e-4), batch (100) and data-order semantics
+               (a fresh random permutation each epoch). Runs alternate; medians of >= 3 repeats.
+2. time to 99% wall-clock training seconds until TEST accuracy first reaches 99.0%, over 5 seeds,
+               for the `fast` and `default` presets (test accuracy is measured after each epoch,
+               outside the clock; data loading is timed separately).
+3. inference   images/s on the 10,000 test images at batch 1000 and single-image latency
+               (median, p99 over >= 1000 calls) for PyTorch and ONNX Runtime.
+4. memory      peak RSS of a whole `mnist-cnn train --preset fast` process (ru_maxrss of a child).
+
+Prints a table and writes every figure, with machine, versions and thread counts, to
+bench/results/<date>-<host>.json. --quick runs fewer steps and seeds (about a minute).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from mnist_cnn import config as cfg
+from mnist_cnn.augment import augment
+from mnist_cnn.data import load_dataset
+from mnist_cnn.models import create_model
+from mnist_cnn.train import (evaluate, make_optimizer, make_schedule, predict_logits, seed_everything, to_input,
+                             train_step)
+
+ROOT = Path(__file__).resolve().parent
+TARGET_ACCURACY = 0.99
+TARGETS = {"seed_speedup": 2.0, "time_to_99_s": 10.0, "inference_images_per_s": 50_000, "latency_median_ms": 1.0}
+
+
+DEVICE = torch.device("cpu")  # set by --device; data, models and timings live there
+
+
+def now() -> float:
+    if DEVICE.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------- 1. seed-recipe throughput
+
+def library_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x_u8: torch.Tensor, y: torch.Tensor,
+                  batch: int, steps: int, order: torch.Tensor, channels_last: bool = True) -> float:
+    """train.py's hot loop, minus logging, over the epoch permutation `order` (N,) int64.
+    Returns seconds for `steps` optimizer steps."""
+    started = now()
+    order = order.to(y.device)
+    step_loss = torch.zeros(steps, device=y.device)
+    step_correct = torch.zeros(steps, dtype=torch.long, device=y.device)
+    for s in range(steps):
+        idx = order[s * batch:(s + 1) * batch]
+        loss, correct = train_step(model, optimizer, to_input(x_u8[idx], channels_last), y[idx])
+        step_loss[s], step_correct[s] = loss, correct   # stays a tensor: no host sync per step
+    float(step_loss.mean())                              # the once-per-epoch read
+    return now() - started
+
+
+def tutorial_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                   steps: int) -> float:
+    """The loop most PyTorch tutorials teach. Returns seconds for `steps` optimizer steps."""
+    started = now()
+    running_loss, correct = 0.0, 0
+    for s, (images, labels) in enumerate(loader):
+        if s == steps:
+            break
+        images, labels = images.to(DEVICE), labels.to(DEVICE)   # a no-op on the CPU
+        optimizer.zero_grad()
+        outputs = model(images)
+        loss = F.cross_entropy(outputs, labels)
+        loss.backward()
+        optimizer.step()
+        running_loss += loss.item()                      # a host sync every step
+        correct += (outputs.argmax(1) == labels).sum().item()
+    return now() - started
+
+
+def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
+    seed_cfg = cfg.make_config("seed")
+    batch = seed_cfg.batch_size
+    x_float = ds.train.images.float() / 255.0            # tutorials convert once (ToTensor), outside the loop
+    x_u8, y = ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)
+    ours, theirs, acc = [], [], {}
+    for r in range(repeats):
+        torch.manual_seed(r)
+        model = create_model("seed").to(DEVICE, memory_format=torch.channels_last)
+        optimizer = make_optimizer(seed_cfg, model)
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(r))
+        ours.append(library_steps(model, optimizer, x_u8, y, batch, steps, order))
+        acc["library"] = evaluate(model, ds.test.images, ds.test.labels)[1]
+
+        torch.manual_seed(r)
+        model = create_model("seed").to(DEVICE)           # NCHW, the tutorial default
+        optimizer = torch.optim.Adam(model.parameters(), lr=seed_cfg.lr)
+        loader = DataLoader(TensorDataset(x_float, ds.train.labels), batch_size=batch, shuffle=True, drop_last=True,
+                            generator=torch.Generator().manual_seed(r))
+        theirs.append(tutorial_steps(model, optimizer, loader, steps))
+        acc["tutorial"] = evaluate(model, ds.test.images, ds.test.labels, channels_last=False)[1]
+    images = steps * batch
+    ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+    epoch_steps = len(y) // batch
+    return {
+        "steps_per_repeat": steps, "repeats": repeats, "batch_size": batch,
+        "library_seconds": ours, "tutorial_seconds": theirs,
+        "library_images_per_s": images / ours_s, "tutorial_images_per_s": images / theirs_s,
+        "library_seconds_per_epoch": ours_s / steps * epoch_steps,
+        "tutorial_seconds_per_epoch": theirs_s / steps * epoch_steps,
+        "speedup": theirs_s / ours_s,
+        # Same math, different rounding and data order: after the same steps both nets should
+        # sit at about the same test accuracy.
+        "test_accuracy_after_last_repeat": acc,
+    }
+
+
+# ---------------------------------------------------------------- 2. time to 99% test accuracy
+
+def time_to_target(preset: str, ds: Any, seed: int) -> dict[str, Any]:
+    """Train `preset` as train.py does, timing only the training steps; test after each epoch."""
+    config = cfg.make_config(preset, seed=seed)
+    if config.ema:
+        raise SystemExit(f"bench: preset {preset} uses EMA weights, which this timing loop does not model")
+    seed_everything(config.seed)
+    x_u8, y = ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)
+    model = create_model(config.model, num_classes=len(ds.class_names)).to(DEVICE, memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model)
+    batch = config.batch_size
+    steps = len(y) // batch
+    schedule = make_schedule(config, optimizer, steps * config.epochs)
+    order_gen = torch.Generator().manual_seed(config.seed)
+    seconds, curve, reached = 0.0, [], None
+    for epoch in range(config.epochs):
+        model.train()
+        started = now()
+        order = torch.randperm(len(y), generator=order_gen).to(DEVICE)
+        for s in range(steps):
+            idx = order[s * batch:(s + 1) * batch]
+            images = augment(to_input(x_u8[idx], True), config.augment)
+            train_step(model, optimizer, images, y[idx], config.label_smoothing)
+            if schedule is not None:
+                schedule.step()
+        seconds += now() - started
+        accuracy = evaluate(model, ds.test.images, ds.test.labels)[1]
+        curve.append({"epoch": epoch + 1, "train_seconds": seconds, "test_accuracy": accuracy})
+        if reached is None and accuracy >= TARGET_ACCURACY:
+            reached = {"epoch": epoch + 1, "train_seconds": seconds}
+    return {"seed": seed, "reached": reached, "curve": curve, "final_test_accuracy": curve[-1]["test_accuracy"],
+            "model": model}
+
+
+def bench_time_to_99(preset: str, ds: Any, seeds: int) -> dict[str, Any]:
+    runs = [time_to_target(preset, ds, seed) for seed in range(seeds)]
+    made = [r["reached"]["train_seconds"] for r in runs if r["reached"]]
+    finals = [r["final_test_accuracy"] for r in runs]
+    config = cfg.make_config(preset)
+    return {
+        "preset": preset, "model": config.model, "epochs": config.epochs, "batch_size": config.batch_size,
+        "seeds": seeds, "seeds_reaching_99": len(made),
+        "seconds_mean": statistics.mean(made) if made else None,
+        "seconds_std": statistics.stdev(made) if len(made) > 1 else 0.0,
+        "seconds_max": max(made) if made else None,
+        "final_test_accuracy_mean": statistics.mean(finals),
+        "final_test_accuracy_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        "runs": [{k: v for k, v in r.items() if k != "model"} for r in runs],
+        "_model": runs[-1]["model"],
+    }
+
+
+# ---------------------------------------------------------------- 3. inference
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1e3 for s in samples_s)
+    return {"latency_median_ms": statistics.median(ms), "latency_p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))]}
+
+
+def time_backend(run_batch: Callable[[torch.Tensor], Any], test_u8: torch.Tensor, repeats: int,
+                 latency_calls: int) -> dict[str, Any]:
+    run_batch(test_u8[:1000])                            # warm-up: first calls allocate and pick kernels
+    passes = []
+    for _ in range(repeats):
+        started = now()
+        for i in range(0, len(test_u8), 1000):
+            run_batch(test_u8[i:i + 1000])
+        passes.append(now() - started)
+    for i in range(20):
+        run_batch(test_u8[i:i + 1])
+    calls = []
+    for i in range(latency_calls):
+        one = test_u8[i % len(test_u8)].unsqueeze(0)     # (1, 1, 28, 28) uint8
+        started = now()
+        run_batch(one)
+        calls.append(now() - started)
+    return {"images_per_s": len(test_u8) / statistics.median(passes), "batch_size": 1000,
+            "pass_seconds": passes, "latency_calls": latency_calls, **percentiles(calls)}
+
+
+def bench_inference(model: torch.nn.Module, name: str, ds: Any, repeats: int, latency_calls: int,
+                    workdir: Path) -> dict[str, Any]:
+    model = model.eval()
+    test_u8 = ds.test.images
+    out: dict[str, Any] = {"model": name}
+    # The library's own path: uint8 -> float/255 -> channels_last -> model, under inference_mode.
+    out["pytorch"] = time_backend(lambda b: predict_logits(model, b, batch_size=1000), test_u8, repeats,
+                                  latency_calls)
+    try:
+        import onnxruntime as ort
+
+        from mnist_cnn.export import export_onnx
+    except ImportError as e:
+        out["onnxruntime"] = {"skipped": f"{e}"}
+        return out
+    path = workdir / f"{name}.onnx"
+    export_onnx(copy.deepcopy(model).cpu(), path, class_names=ds.class_names, check_images=test_u8[:512], force=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run_onnx(batch_u8: torch.Tensor) -> Any:
+        return session.run(None, {input_name: batch_u8.float().div_(255.0).numpy()})[0]
+
+    out["onnxruntime"] = time_backend(run_onnx, test_u8, repeats, latency_calls)
+    out["onnxruntime"]["version"] = ort.__version__
+    return out
+
+
+# ---------------------------------------------------------------- 4. peak memory of a training run
+
+def bench_training_process(preset: str, workdir: Path, epochs: int | None) -> dict[str, Any]:
+    """Run `mnist-cnn train` in a child process; its peak RSS and wall time, imports included."""
+    command = [sys.executable, "-m", "mnist_cnn", "train", "--preset", preset, "--out", str(workdir),
+               "--name", f"rss-{preset}", "--force", "--device", DEVICE.type]
+    if epochs:
+        command += ["--epochs", str(epochs)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = now()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = now() - started
+    if done.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, max over children so far
+    from mnist_cnn.runlog import read_metrics_csv
+
+    history = read_metrics_csv(workdir / f"rss-{preset}" / "metrics.csv")
+    return {"command": " ".join(command[1:]), "peak_rss_mib": peak_kib / 1024, "wall_seconds": wall,
+            # train()'s own epoch times: steps + validation + logging, checkpoints excluded
+            "epoch_seconds": [r.seconds for r in history],
+            "validation_accuracy": [r.validation_accuracy for r in history],
+            "note": "" if peak_kib > before else "peak equals an earlier child's; figure is an upper bound"}
+
+
+# ---------------------------------------------------------------- report
+
+def machine_info() -> dict[str, Any]:
+    import numpy
+
+    from mnist_cnn import __version__
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"mnist_cnn": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                "numpy": numpy.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_start": os.getloadavg(), "versions": versions}
+
+
+def table(results: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = []
+    t = results["throughput"]
+    rows.append(("seed recipe, library loop (channels_last, tensors)",
+                 f"{t['library_images_per_s']:,.0f} img/s, {t['library_seconds_per_epoch']:.2f} s/epoch"))
+    rows.append(("seed recipe, tutorial loop (DataLoader, NCHW, .item())",
+                 f"{t['tutorial_images_per_s']:,.0f} img/s, {t['tutorial_seconds_per_epoch']:.2f} s/epoch"))
+    rows.append(("  speedup (target >= 2x)", f"{t['speedup']:.2f}x"))
+    for r in results["time_to_99"]:
+        if r["seconds_mean"] is None:
+            when = "never"
+        else:
+            when = f"{r['seconds_mean']:.2f} +- {r['seconds_std']:.2f} s (max {r['seconds_max']:.2f})"
+        rows.append((f"time to 99% test, preset {r['preset']} ({r['model']}, {r['epochs']} ep)",
+                     f"{when}, {r['seeds_reaching_99']}/{r['seeds']} seeds; final "
+                     f"{100 * r['final_test_accuracy_mean']:.2f} +- {100 * r['final_test_accuracy_std']:.2f}%"))
+    rows.append(("data loading (load_dataset mnist)", f"{results['data_loading_seconds']:.2f} s"))
+    for inf in results["inference"]:
+        for backend in ("pytorch", "onnxruntime"):
+            b = inf.get(backend, {})
+            if "images_per_s" in b:
+                rows.append((f"inference {inf['model']} {backend}",
+                             f"{b['images_per_s']:,.0f} img/s @1000; 1 image {b['latency_median_ms']:.3f} ms "
+                             f"median, {b['latency_p99_ms']:.3f} ms p99"))
+    m = results["training_process"]
+    rows.append((f"peak RSS, {m['command'].split(' --out')[0]}",
+                 f"{m['peak_rss_mib']:.0f} MiB; process {m['wall_seconds']:.1f} s wall, epochs "
+                 + " + ".join(f"{s:.2f}" for s in m.get("epoch_seconds", [])) + " s"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and seeds (about a minute); a smoke test")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds for time-to-99 (default 5, quick 2)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train and infer")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help="directory for the JSON results")
+    args = parser.parse_args(argv)
+    global DEVICE
+    from mnist_cnn.errors import MnistCnnError
+    from mnist_cnn.train import select_device
+
+    try:
+        DEVICE = select_device(args.device)
+    except MnistCnnError as e:
+        parser.error(str(e))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quick = args.quick
+    seeds = args.seeds or (2 if quick else 5)
+    results: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
+                               "device": str(DEVICE), "machine": machine_info(), "targets": TARGETS}
+    print(f"mnist-cnn bench on {results['machine']['cpu']} ({results['machine']['cpus']} CPUs, "
+          f"{torch.get_num_threads()} torch threads), load average {results['machine']['load_average_start']}",
+          flush=True)
+
+    started = now()
+    ds = load_dataset("mnist")
+    results["data_loading_seconds"] = now() - started
+
+    print("1/4 seed-recipe throughput ...", flush=True)
+    results["throughput"] = bench_throughput(ds, steps=150 if quick else 550, repeats=3)
+
+    print("2/4 time to 99% test accuracy ...", flush=True)
+    presets = ["fast"] if quick else ["fast", "default"]
+    ttt = [bench_time_to_99(p, ds, seeds) for p in presets]
+    models = {r["model"]: r.pop("_model") for r in ttt}
+    results["time_to_99"] = ttt
+
+    print("3/4 inference ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="mnist-cnn-bench-") as tmp:
+        results["inference"] = [bench_inference(models[name], name, ds, repeats=3, latency_calls=1000, workdir=Path(tmp))
+                                for name in models]
+        print("4/4 peak memory of a training run ...", flush=True)
+        results["training_process"] = bench_training_process("fast", Path(tmp), epochs=None)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["bench_seconds"] = now() - started
+
+    t, fast = results["throughput"], results["time_to_99"][0]
+    best_inf = max((inf[b] for inf in results["inference"] for b in ("pytorch", "onnxruntime") if "images_per_s" in inf.get(b, {})),
+                   key=lambda b: b["images_per_s"])
+    results["targets_met"] = {
+        "seed_speedup": t["speedup"] >= TARGETS["seed_speedup"],
+        "time_to_99_s": fast["seeds_reaching_99"] == fast["seeds"] and fast["seconds_max"] is not None
+        and fast["seconds_mean"] <= TARGETS["time_to_99_s"],
+        "inference_images_per_s": best_inf["images_per_s"] >= TARGETS["inference_images_per_s"],
+        "latency_median_ms": min(inf[b]["latency_median_ms"] for inf in results["inference"]
+                                 for b in ("pytorch", "onnxruntime") if "images_per_s" in inf.get(b, {}))
+        < TARGETS["latency_median_ms"],
+    }
+    print()
+    print(table(results))
+    print(f"targets met: {results['targets_met']}  (bench took {results['bench_seconds']:.0f} s)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y-%m-%d-%H%M")
+    path = args.out / f"{stamp}-{socket.gethostname()}{'-quick' if quick else ''}.json"
+    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

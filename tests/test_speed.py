@@ -1,0 +1,108 @@
+"""Speed work (issue #4) must not change the math, and the GPU-only options must fail clearly on CPU.
+
+The bench itself (bench/bench.py) is a script, not a test; here its two training loops are run on
+synthetic data to show the library loop and the tutorial loop compute the same thing.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mnist_cnn import config as cfg
+from mnist_cnn.cli import main
+from mnist_cnn.errors import UsageError
+from mnist_cnn.models import count_parameters, create_model
+from mnist_cnn.train import make_optimizer, train, train_step
+from synthetic import toy_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("mnist_cnn_bench", ROOT / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fused_adam_is_the_same_update_as_the_per_tensor_loop():
+    torch.manual_seed(0)
+    fused_model, loop_model = create_model("seed"), create_model("seed")
+    loop_model.load_state_dict(fused_model.state_dict())
+    fused = make_optimizer(cfg.make_config("default"), fused_model)
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.Adam(loop_model.parameters(), lr=fused.defaults["lr"], foreach=False)
+    data = toy_dataset(64, 1, 1).train
+    x, y = data.images.float() / 255, data.labels
+    for _ in range(10):
+        train_step(fused_model, fused, x, y)
+        train_step(loop_model, loop, x, y)
+    worst = max((a - b).abs().max().item() for a, b in zip(fused_model.parameters(), loop_model.parameters()))
+    assert worst < 1e-5, worst          # float rounding only; lr 3e-3 x 10 steps moves weights ~3e-2
+
+
+def test_library_loop_and_tutorial_loop_compute_the_same_training():
+    """Same init and the same batches (the DataLoader's shuffled order, replayed by index), so
+    channels_last + fused Adam + tensor indexing vs DataLoader + NCHW differ only in rounding."""
+    bench = load_bench()
+    data = toy_dataset(400, 1, 1).train
+    seed_cfg = cfg.make_config("seed")
+    torch.manual_seed(3)
+    ours = create_model("seed").to(memory_format=torch.channels_last)
+    theirs = create_model("seed")
+    theirs.load_state_dict(ours.state_dict())
+    start = [p.detach().clone() for p in theirs.parameters()]
+
+    def loader(*tensors: torch.Tensor) -> DataLoader:
+        return DataLoader(TensorDataset(*tensors), batch_size=100, shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(7))
+
+    order = torch.cat([i for (i,) in loader(torch.arange(len(data.labels)))])  # the order it will draw
+    bench.library_steps(ours, make_optimizer(seed_cfg, ours), data.images, data.labels, 100, 4, order)
+    loader = loader(data.images.float() / 255, data.labels)
+    bench.tutorial_steps(theirs, torch.optim.Adam(theirs.parameters(), lr=seed_cfg.lr), loader, 4)
+    moved = max((p - s).abs().max().item() for p, s in zip(theirs.parameters(), start))
+    diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), theirs.parameters()))
+    assert moved > 1e-4                 # the steps really trained (Adam moves ~lr per step)
+    assert diff < 1e-6, diff
+
+
+def test_fast_preset_uses_the_fast_network():
+    config = cfg.make_config("fast")
+    assert config.model == "fast" and config.preset == "fast"
+    model = create_model("fast")
+    assert count_parameters(model) == 215_250
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_amp_bf16_is_refused_on_cpu():
+    with pytest.raises(UsageError, match="amp bf16 needs a CUDA GPU"):
+        cfg.make_config("default", amp="bf16", device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when there is no GPU")
+def test_amp_bf16_with_auto_device_and_no_gpu_fails_before_creating_a_run(tmp_path):
+    config = cfg.make_config("default", amp="bf16", device="auto", epochs=1)
+    with pytest.raises(UsageError, match="amp bf16 needs a CUDA GPU"):
+        train(config, out_dir=tmp_path, name="r", dataset=toy_dataset(), print_fn=lambda s: None)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when there is no GPU")
+def test_device_cuda_without_a_gpu_is_a_one_line_usage_error(tmp_path, capsys):
+    code = main(["train", "--device", "cuda", "--epochs", "1", "--out", str(tmp_path), "--name", "r"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == ["mnist-cnn: error: device cuda was asked for, but no CUDA GPU is available"]
+
+
+def test_train_help_lists_the_speed_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "--amp {off,bf16}" in out and "--compile, --no-compile" in out and "fast" in out
