@@ -1,5 +1,6 @@
 """The draw-a-digit page in a real headless Chromium (Debian's chromium + chromium-driver, driven
-by Selenium): draw digits with mouse strokes, read the prediction and the bars, upload files.
+by Selenium): draw digits with mouse, touch and pen strokes, read the prediction and the bars,
+upload files.
 
 Screenshots go to test-artifacts/ at the repository root. The test skips only when Chromium or
 its driver is genuinely missing on a developer's machine; under CI (env CI set) that is a
@@ -106,6 +107,24 @@ def draw(driver, strokes: list[list[tuple[float, float]]], before_release=None) 
         chain.release().perform()
 
 
+def swipe(driver, points: list[tuple[float, float]], kind: str) -> None:
+    """One stroke with a finger ("touch") or a stylus ("pen"): pointer events of that type."""
+    from selenium.webdriver.common.actions import interaction
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.actions.pointer_input import PointerInput
+
+    pad = driver.find_element("id", "pad")
+    scale = pad.size["width"] / 280
+    pointer = PointerInput(interaction.POINTER_TOUCH if kind == "touch" else interaction.POINTER_PEN, kind)
+    actions = ActionBuilder(driver, mouse=pointer, duration=20)
+    for i, (x, y) in enumerate(points):
+        actions.pointer_action.move_to(pad, round((x - 140) * scale), round((y - 140) * scale))
+        if i == 0:
+            actions.pointer_action.pointer_down()
+    actions.pointer_action.pointer_up()
+    actions.perform()
+
+
 def results(driver, since: dict | None = None) -> dict:
     """Wait until the page is idle (and has shown a new answer since `since`), then read it."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -184,6 +203,14 @@ def test_draw_digits_and_upload_in_chromium(chromium, browser, page_url, real_mn
     browser.save_screenshot(str(ARTIFACTS / "serve-refused-upload.png"))
     assert refused["messageIsError"] and refused["message"].startswith("That file could not be read as an image.")
     assert refused["prediction"] == "–" and refused["top"] == -1 and set(refused["shown"]) == {"–"}
+
+    # A finger and a stylus draw too (pointer events of type touch and pen).
+    swipe(browser, [(140, 40), (142, 90), (144, 140), (146, 190), (148, 240)], "touch")
+    one = results(browser, since=refused)
+    check_prediction(one, "1")
+    browser.find_element("id", "clear").click()
+    swipe(browser, SEVEN[0], "pen")
+    check_prediction(results(browser, since=one), "7")
 
     logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "api/predict" not in e["message"]]
     assert logs == []                                  # no script errors (the refused upload's 422 aside)
