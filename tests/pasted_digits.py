@@ -33,3 +33,30 @@ def paste_digit(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, dic
     out = io.BytesIO()
     image.save(out, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     return out.getvalue(), {"size": size, "canvas": (h, w), "dark_on_light": dark_on_light, "rgb": colour, "format": fmt}
+
+
+def robustness(run: str, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """(plain accuracy, pasted accuracy) of a run (or .onnx) on n random MNIST test digits.
+    Needs the run's data set (real MNIST) to be loadable."""
+    import torch
+
+    from mnist_cnn.evaluate import load_split
+    from mnist_cnn.inference import load_classifier
+    from mnist_cnn.preprocess import preprocess
+
+    classifier = load_classifier(run, "cpu")
+    test = load_split(classifier.config, "test")
+    rng = np.random.default_rng(seed)
+    idx = torch.from_numpy(rng.choice(len(test.labels), n, replace=False))
+    images, labels = test.images[idx], test.labels[idx]
+    plain = (classifier.logits(images).argmax(1) == labels).double().mean().item()
+    views = torch.stack([preprocess(paste_digit(images[i, 0].numpy(), rng)[0]).image for i in range(n)])
+    pasted = (classifier.logits(views).argmax(1) == labels).double().mean().item()
+    return plain, pasted
+
+
+if __name__ == "__main__":  # python tests/pasted_digits.py RUN [N]: the robustness figure for any run
+    import sys
+
+    plain, pasted = robustness(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+    print(f"plain {plain:.4f}  pasted {pasted:.4f}  difference {100 * (pasted - plain):+.2f} points")

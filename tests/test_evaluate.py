@@ -84,6 +84,11 @@ def test_report_files_tensorboard_and_refusal_to_overwrite_user_files(toy_traine
     # Running again replaces our own outputs (and our old event file: one evaluation shown, not two).
     write_report(e, test.images, out, global_step=7)
     assert len(list(out.glob("events.out.tfevents.*"))) == 1
+    # Another split's report sits next to it, in TensorBoard too.
+    validation = evaluate_classifier(classifier, toy_dataset().validation, "validation")
+    write_report(validation, toy_dataset().validation.images, out, global_step=7)
+    assert {p.name for p in out.glob("*.json")} >= {"test.json", "validation.json"}
+    assert len(list(out.glob("events.out.tfevents.*"))) == 2
     # A person's own file where we would write is never overwritten.
     mine = tmp_path / "mine"
     mine.mkdir()

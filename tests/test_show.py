@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_cnn.cli import main
 from mnist_cnn.errors import UsageError
-from mnist_cnn.models import create_model
+from mnist_cnn.models import create_model, model_names
 from mnist_cnn.show import feature_maps, show_run
 
 
@@ -22,6 +22,15 @@ def test_seed_net_feature_maps_are_the_lessons_layers():
     assert [tuple(m.shape) for m in maps.values()] == [(6, 28, 28), (6, 14, 14), (6, 14, 14),
                                                          (16, 14, 14), (16, 7, 7), (16, 7, 7)]
     assert torch.equal(maps["relu1"], maps["pool1"].clamp_min(0)) and logits.shape == (10,)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_registered_model_has_feature_maps(name):
+    model = create_model(name).eval()
+    maps, logits = feature_maps(model, torch.rand(1, 1, 28, 28))
+    assert maps and all(m.dim() == 3 and torch.isfinite(m).all() for m in maps.values())
+    assert any(isinstance(model.get_submodule(n), nn.Conv2d) for n in maps) and logits.shape == (10,)
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_other_models_show_the_modules_they_have():

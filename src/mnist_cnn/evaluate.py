@@ -148,7 +148,7 @@ def write_report(evaluation: Evaluation, images_u8: torch.Tensor, out_dir: str |
                                  title=f"Most confident mistakes, {s} set")
     files = {"report": str(report), "confusion": str(confusion_png), "mistakes": str(mistakes_png)}
     if tensorboard:
-        writer = out.tensorboard_writer()
+        writer = out.tensorboard_writer(suffix=f".{s}")  # replaces this split's previous figures only
         writer.add_figure(f"{s}/confusion_matrix", confusion_fig, global_step)
         writer.add_figure(f"{s}/worst_mistakes", mistakes_fig, global_step)
         writer.add_scalar(f"{s}/loss", evaluation.loss, global_step)

@@ -48,21 +48,23 @@ class OutputDir:
         self.owned.update(names)
         atomic_write_bytes(self.path / MANIFEST, json.dumps(sorted(self.owned), indent=1).encode())
 
-    def clear_event_files(self) -> None:
-        """Drop TensorBoard event files we wrote before, so the folder shows one evaluation, not a pile."""
-        for p in self.path.glob("events.out.tfevents.*"):
+    def clear_event_files(self, suffix: str = "") -> None:
+        """Drop TensorBoard event files we wrote before (those ending in `suffix`), so the folder
+        shows the latest evaluation of a split, not a pile of them."""
+        for p in self.path.glob(f"events.out.tfevents.*{suffix}"):
             if p.name in self.owned:
                 p.unlink()
                 self.owned.discard(p.name)
 
-    def tensorboard_writer(self, replace: bool = True):
-        """A SummaryWriter in this folder whose event file is recorded as ours; `replace` drops
-        our earlier event files first (else TensorBoard shows old and new side by side)."""
+    def tensorboard_writer(self, replace: bool = True, suffix: str = ""):
+        """A SummaryWriter in this folder whose event file (name ending in `suffix`) is recorded as
+        ours; `replace` first drops our earlier event files with that suffix (else TensorBoard shows
+        old and new side by side)."""
         from torch.utils.tensorboard import SummaryWriter  # ~1 s import
 
         if replace:
-            self.clear_event_files()
+            self.clear_event_files(suffix)
         self.claim([])  # creates the folder
-        writer = SummaryWriter(str(self.path))
+        writer = SummaryWriter(str(self.path), filename_suffix=suffix)
         self._record([Path(writer.file_writer.event_writer._file_name).name])  # a fresh, uniquely named file
         return writer
