@@ -230,6 +230,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
     write_json_main = write_json if dist_info.is_main else _skip
     print_fn = print_fn if dist_info.is_main else _skip
     try:
+        distributed.batch_shard(config.batch_size, dist_info)  # an indivisible global batch fails before any run dir exists
         if state is None:
             def new_run_dir() -> Path:
                 path = create_run_dir(out_dir, name or default_run_name(config.preset), force)
