@@ -211,6 +211,27 @@ def test_sigkill_during_checkpoint_writes_keeps_the_previous_one(reference, tmp_
     print(f"kill seed {seed}: {mid_write} of 3 kills landed inside a checkpoint write")
 
 
+def test_a_run_being_trained_cannot_be_resumed_or_replaced_twice(reference, tmp_path, monkeypatch, capsys):
+    """A second `--resume` (or `--force`) while the run trains is refused; kill -9 frees it."""
+    run = tmp_path / "run"
+    p = Proc(train_flags(tmp_path, "run", "--checkpoint-every", "2"), tmp_path, DRIVER_STEP_DELAY_S="0.5")
+    p.wait_for("step 3")  # a checkpoint exists; about 16 s of steps are left
+    monkeypatch.setattr("mnist_cnn.data.load_dataset", lambda *a, **k: toy_dataset())
+    threads = torch.get_num_threads()
+    try:
+        for argv in (["train", "--resume", str(run)], train_flags(tmp_path, "run", "--force")):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "is being trained by another process right now" in err, err
+        assert p.p.poll() is None, "the running training must not be disturbed"
+        p.send(signal.SIGKILL)
+        assert p.finish() == -signal.SIGKILL
+        assert main(["train", "--resume", str(run)]) == 0  # the kernel dropped the dead process's lock
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_run(run, reference)
+
+
 # ------------------------------------------------------------------ SIGINT / SIGTERM
 def test_sigint_then_sigterm_stop_cleanly_and_resume_bit_identical(reference, tmp_path):
     rng, seed = kill_rng()

@@ -18,7 +18,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -26,6 +26,7 @@ from mnist_cnn.checkpoint import atomic_write_bytes, load_checkpoint, load_model
 from mnist_cnn.errors import CheckpointError, UsageError
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"  # held (flock) by the one process training the run; the OS drops it when that process dies
 
 
 def now_iso() -> str:
@@ -59,12 +60,30 @@ def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
                 f"--name to pick another, or --resume {path} to continue it")
         if not (path / "run.json").exists() and any(path.iterdir()):
             raise UsageError(f"{path} exists and is not an mnist-cnn run; refusing to delete it even with --force")
+        lock_run(path).close()  # refuses while another process trains in it
         shutil.rmtree(path)
     try:
         path.mkdir(parents=True)
     except OSError as e:
         raise UsageError(f"cannot create run directory {path}: {e.strerror}") from None
     return path
+
+
+def lock_run(run_dir: Path) -> IO[str]:
+    """Claim `run_dir` for training: a second `train --resume` (or `--force`) of a run that is
+    still training is refused instead of writing into it too. Close the file to release."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock, as before
+        return open(Path(run_dir) / LOCK, "a")
+    f = open(Path(run_dir) / LOCK, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UsageError(f"{run_dir} is being trained by another process right now; "
+                         "wait for it to finish or stop it (Ctrl-C) first") from None
+    return f
 
 
 def resolve_run(path: str | Path) -> Path:

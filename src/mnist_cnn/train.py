@@ -32,7 +32,7 @@ from mnist_cnn.ema import EMA
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.models import create_model
 from mnist_cnn.runlog import EpochRecord, RunLogger
-from mnist_cnn.runs import (CHECKPOINT, create_run_dir, default_run_name, environment_info, now_iso,
+from mnist_cnn.runs import (CHECKPOINT, create_run_dir, default_run_name, environment_info, lock_run, now_iso,
                             read_json, resolve_run, write_json)
 
 
@@ -229,6 +229,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
     device = distributed.device_for(device, dist_info)
     write_json_main = write_json if dist_info.is_main else _skip
     print_fn = print_fn if dist_info.is_main else _skip
+    run_lock = None
     try:
         distributed.batch_shard(config.batch_size, dist_info)  # an indivisible global batch fails before any run dir exists
         if state is None:
@@ -238,6 +239,8 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
                 return path
 
             run_dir = distributed.from_main(new_run_dir, dist_info)
+        if dist_info.is_main:
+            run_lock = lock_run(run_dir)  # one training process per run: a second one is refused here
         if state is not None and dist_info.is_main:
             remove_stale_temp_files(run_dir)  # left by writes a kill -9 cut short; nobody else writes here now
         run_info = {"status": "running", "started": now_iso(), "resumed_from_step": state["global_step"] if state else None}
@@ -272,6 +275,8 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         distributed.barrier(dist_info)  # leave the group together (rank 0 was still plotting)
         return result
     finally:
+        if run_lock is not None:
+            run_lock.close()
         distributed.cleanup(dist_info)
 
 
