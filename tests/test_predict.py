@@ -83,6 +83,17 @@ def test_every_format_preprocesses_to_the_same_view_of_the_digit(image_dir):
         assert all(abs(c - 14) <= 1 for c in centre), centre  # centre of mass at the centre, as MNIST
 
 
+def test_high_bit_depth_images_match_their_8_bit_version(tmp_path):
+    """16-bit PNGs and float/int32 TIFFs (scanners, microscopes) are scaled, not clipped at 255."""
+    grey = np.asarray(drawn_seven(mode="L"), dtype=np.float64) / 255  # dark ink on light paper
+    expected = preprocess(Image.fromarray((grey * 255).round().astype(np.uint8))).image.int()
+    for name, pixels in {"16.png": (grey * 65535).round().astype(np.uint16), "f.tiff": grey.astype(np.float32),
+                         "i.tiff": (grey * 65535).round().astype(np.int32)}.items():
+        Image.fromarray(pixels).save(tmp_path / name)
+        view = preprocess(tmp_path / name)
+        assert view.inverted and (view.image.int() - expected).abs().max() <= 2, name
+
+
 def test_broken_files_each_fail_with_a_clear_message(broken_dir):
     expected = {"zero.png": "empty (0 bytes)", "truncated.png": "not a readable image",
                 "truncated.jpg": "not a readable image", "text.png": "not a readable image",

@@ -68,6 +68,13 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(canvas, rgba)
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16/32-bit integer and float images (scans, TIFFs): PIL's convert("L") clips them at 255
+        # instead of scaling, which whitens a 16-bit page. Scale by the range the values use.
+        values = np.asarray(image, dtype=np.float64)
+        top = float(np.nanmax(values)) if values.size else 0.0
+        full = 1.0 if image.mode == "F" and top <= 1.0 else 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        return np.nan_to_num(np.clip(values / full, 0.0, 1.0)).astype(np.float32)
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
