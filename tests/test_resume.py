@@ -408,3 +408,18 @@ def _error_of(path: Path) -> str:
     with pytest.raises(CheckpointError) as e:
         train(resume=path.parent, dataset=toy_dataset(), **QUIET)
     return str(e.value)
+
+
+def test_resumed_event_files_sort_after_the_interrupted_ones(tmp_path):
+    """TensorBoard reads event files in name order (`...tfevents.<second>.<host>.<pid>.<n>`); a
+    run resumed in the same second by the same process once sorted "…11" before "…9" and
+    scrambled its curves. The resumed logger now starts its files in a later second."""
+    from mnist_cnn.runlog import RunLogger
+
+    (tmp_path / "train").mkdir()
+    old = f"events.out.tfevents.{int(time.time()) + 1}.host.1.9"  # an interrupted run's file, 1 s ahead
+    (tmp_path / "train" / old).write_bytes(b"")
+    logger = RunLogger(tmp_path, purge_step=5, print_fn=lambda s: None, progress=False)
+    logger.close()
+    names = sorted(p.name for p in (tmp_path / "train").iterdir())
+    assert len(names) == 2 and names[0] == old, names

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -54,6 +55,18 @@ class _NoBar:
         pass
 
 
+def _wait_until_newer_than_event_files(run_dir: Path) -> None:
+    """TensorBoard reads a writer's event files in name order, and a name is
+    `events.out.tfevents.<second>.<host>.<pid>.<counter>`: a resumed run's files must start in a
+    later second than the interrupted run's, or (same process, counter 9 -> 11 sorts "11" < "9")
+    the purge and the old steps are read in the wrong order. Waits < 1 s, and only when a run is
+    resumed within a second of being stopped, which only happens in-process (tests, notebooks)."""
+    seconds = [int(p.name.split(".")[3]) for p in run_dir.rglob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
+
+
 class RunLogger:
     """Console + TensorBoard + metrics.csv for one run directory."""
 
@@ -67,6 +80,8 @@ class RunLogger:
         self.progress = sys.stderr.isatty() if progress is None else progress
         # purge_step: on resume, TensorBoard hides events at or after it that a killed run
         # wrote past its last checkpoint, so no step appears twice.
+        if purge_step is not None:
+            _wait_until_newer_than_event_files(self.run_dir)
         self.train_writer = SummaryWriter(str(self.run_dir / "train"), purge_step=purge_step)
         self.validation_writer = SummaryWriter(str(self.run_dir / "validation"), purge_step=purge_step)
 
