@@ -273,6 +273,7 @@ OTHER_COMMANDS = [  # {run} = a finished run, {j} = the junk directory
     "serve {j}/nope", "serve {j}/corrupt", "serve {run} --port -1", "serve {run} --port 70000",
     "serve {run} --port abc", "serve {run} --host no.such.host.invalid --port 0",
     "serve {run} --max-upload-mb 0", "serve {run} --max-upload-mb nan", "serve {run} --max-upload-mb inf",
+    "export-csv {j}/corrupt", "export-csv {run} --out {j}/text.png",
     "compare {j}/nope", "compare {j}/empty", "compare {j}/corrupt", "compare {run} --plot {j}/no-dir/x.png",
     "compare",
 ]

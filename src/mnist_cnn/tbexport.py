@@ -30,7 +30,10 @@ def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[P
     if not writers:
         raise UsageError(f"{run_dir} holds no TensorBoard event files (expected train/ and validation/)")
     out = Path(out_dir) if out_dir else run_dir / "csv"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. --out names an existing file
+        raise UsageError(f"cannot make the output directory {out}: {e.strerror or e}") from None
     written = []
     for writer in writers:
         for tag, rows in read_scalars(writer).items():
