@@ -35,7 +35,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = f.type if isinstance(f.type, str) else f.type.__name__
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        # argparse %-formats help strings: a literal "10%" in a field's help would crash --help.
+        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
         if kind == "bool":
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
