@@ -20,7 +20,10 @@ from mnist_cnn.models import register
 
 @register("fast")
 class FastNet(nn.Sequential):
-    """215,250 parameters (conv1 600, bn1 48, conv2 6,912, bn2 64, fc1 205,056, fc2 2,570)."""
+    """Small batch-norm CNN tuned for time to 99% on a CPU (the `fast` preset network).
+
+    215,250 parameters: conv1 600, bn1 48, conv2 6,912, bn2 64, fc1 205,056, fc2 2,570.
+    """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()

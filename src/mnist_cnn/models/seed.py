@@ -28,7 +28,10 @@ def lesson_init_(module: nn.Module) -> None:
 
 @register("seed")
 class SeedNet(nn.Sequential):
-    """104,342 parameters: conv1 156 + conv2 2,416 + fc1 100,480 + fc2 1,290."""
+    """The lesson's LeNet-like CNN: conv 5x5x6, conv 5x5x16, FC 128, FC 10 (the `seed` and `default` presets).
+
+    104,342 parameters: conv1 156 + conv2 2,416 + fc1 100,480 + fc2 1,290.
+    """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()
