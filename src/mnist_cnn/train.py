@@ -448,6 +448,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
     best = max(history, key=lambda r: r.validation_accuracy)
     print_fn(f"Best validation accuracy {best.validation_accuracy:.4f} at epoch {best.epoch}. "
              f"Run saved in {run_dir} (view with: tensorboard --logdir {run_dir.parent})")
+    print_fn(f"Plots: {plots / 'curves.png'}, {plots / 'samples.png'}; test accuracy: mnist-cnn evaluate {run_dir}")
     return TrainResult(run_dir, history, eval_model, config)
 
 
