@@ -22,7 +22,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
     from mnist_cnn import config as cfg
 
     p.add_argument("--preset", default="default", choices=cfg.preset_names(),
-                   help="named starting config: 'seed' is the lesson exactly, 'default' the fast modern recipe")
+                   help="named starting config: 'seed' is the lesson exactly, 'default' the lesson's network trained the modern way, "
+                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate recipe (default: default)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--out", default="runs", metavar="DIR", help="parent directory of run directories (default: runs)")
     p.add_argument("--name", help="run directory name (default: <preset>-<date>-<time>)")
