@@ -443,7 +443,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_curves(history, plots / "curves.png")
-    val_logits = torch.cat([predict_logits(eval_model, val_x[:2000].to(device), channels_last=channels_last)]).cpu()
+    val_logits = predict_logits(eval_model, val_x[:2000].to(device), channels_last=channels_last).cpu()
     plot_samples(val_x[:2000], val_y[:2000], val_logits.argmax(1), dataset.class_names, plots / "samples.png")
     best = max(history, key=lambda r: r.validation_accuracy)
     print_fn(f"Best validation accuracy {best.validation_accuracy:.4f} at epoch {best.epoch}. "
