@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mnist_cnn import config as cfg
-from mnist_cnn.augment import augment, random_affine, tta_views
+from mnist_cnn.augment import augment, elastic_field, random_affine, random_elastic, tta_views
 from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.cli import main
 from mnist_cnn.ema import EMA
@@ -61,6 +61,37 @@ def test_a_2_pixel_shift_moves_the_ink_2_pixels():
     # theta maps output to input coordinates, so the content moves by MINUS the drawn shift.
     assert math.isclose(x1 - x0, -2 * u[0, 2].item(), abs_tol=0.05)
     assert math.isclose(y1 - y0, -2 * u[0, 3].item(), abs_tol=0.05)
+
+
+def test_elastic_is_the_affine_warp_plus_a_smooth_field_of_about_1_4_pixels(toy):
+    x = to_input(toy.train.images[:1].repeat(8, 1, 1, 1), channels_last=True)
+    torch.manual_seed(0)
+    out = augment(x, "elastic")
+    assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert out.min() >= 0 and out.max() <= 1
+    flat = out.flatten(1)
+    assert torch.cdist(flat, flat).add(torch.eye(8) * 1e9).min() > 1  # every copy its own warp
+    torch.manual_seed(0)
+    assert torch.equal(augment(x, "elastic"), out)  # reproducible from torch's RNG state
+    # It draws the affine warp first, so with no elastic part it IS the affine warp.
+    torch.manual_seed(1)
+    plain = random_affine(x)
+    torch.manual_seed(1)
+    assert torch.allclose(random_elastic(x, alpha=0), plain, atol=1e-6)
+    torch.manual_seed(1)
+    assert (random_elastic(x) - plain).abs().sum() > 1
+
+
+def test_elastic_field_has_simards_size_and_smoothness():
+    torch.manual_seed(0)
+    d = elastic_field(500, 28, 28)                       # (N, 2, H, W) pixels, alpha 34, sigma 4
+    assert d.shape == (500, 2, 28, 28)
+    inner = d[:, :, 8:20, 8:20]
+    assert 1.0 < inner.std() < 1.8                       # ~1.4 px: bends strokes, keeps the digit
+    # Smooth: neighbouring pixels move almost together (white noise would differ by ~sqrt(2) std).
+    step = (inner[..., 1:] - inner[..., :-1]).std()
+    assert step < 0.2 * inner.std()
+    assert d[:, 0].flatten(1).std(1).min() > 0          # a fresh field per image
 
 
 def test_tta_views_are_the_image_and_four_one_pixel_shifts():

@@ -38,7 +38,8 @@ class TrainConfig:
     warmup: float = _f(0.25, "fraction of all steps spent warming up (onecycle, linear)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing, 0 = plain softmax cross-entropy")
     augment: str = _f("none", "training-batch augmentation: affine = random rotation +-10 deg, zoom +-10%, "
-                      "shift +-2 px, batched on the device (see augment.py)", ("none", "affine"))
+                      "shift +-2 px, batched on the device; elastic = affine plus a smooth random distortion "
+                      "(Simard et al. 2003; see augment.py)", ("none", "affine", "elastic"))
     ema: float = _f(0.0, "decay per optimizer step of an exponential moving average of the weights, "
                     "used for validation and saved for evaluation; 0 = off (0.999 ~ last 1000 steps)")
     # Reproducibility and machine.
