@@ -1,14 +1,12 @@
 """Speed benchmark for mnist-cnn (issue #4): `make bench`, or `python bench/bench.py [--quick]`.
 
-Measures side by side in one run, so noisy shared machines still give fair ratios:
+Measures side by side in ONE process, so noisy shared machines still give fair ratios:
 
 1. throughput  the seed recipe's training loop (train.py's seams: uint8 data as tensors, batches
-               by index, channels_last, no per-step host sync, fused Adam, glibc malloc tuned as
-               `mnist-cnn train` does) against a plain tutorial loop (DataLoader over a
-               TensorDataset of float images, NCHW, `loss.item()` every step), same network,
-               optimizer (Adam 1e-4), batch (100) and data-order semantics (a fresh random
-               permutation each epoch). Each side runs in its own fresh process, alternating;
-               medians of 3 repeats. One more pair runs inside one tuned process, for reference.
+               by index, channels_last, no per-step host sync) against a plain tutorial loop
+               (DataLoader over a TensorDataset of float images, NCHW, `loss.item()` every step),
+               same network, optimizer (Adam 1e-4), batch (100) and data-order semantics
+               (a fresh random permutation each epoch). Runs alternate; medians of >= 3 repeats.
 2. time to 99% wall-clock training seconds until TEST accuracy first reaches 99.0%, over 5 seeds,
                for the `fast` and `default` presets (test accuracy is measured after each epoch,
                outside the clock; data loading is timed separately).
@@ -99,82 +97,47 @@ def tutorial_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loa
     return now() - started
 
 
-def throughput_side(side: str, ds: Any, steps: int, r: int) -> dict[str, Any]:
-    """Train `steps` steps of the seed recipe from seed r with one loop; seconds, CPU seconds, accuracy."""
+def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
     seed_cfg = cfg.make_config("seed")
     batch = seed_cfg.batch_size
-    torch.manual_seed(r)
-    cpu_started = time.process_time()
-    if side == "library":
-        x_u8, y = ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)
+    x_float = ds.train.images.float() / 255.0            # tutorials convert once (ToTensor), outside the loop
+    x_u8, y = ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)
+    ours, theirs, acc = [], [], {}
+    cpu: dict[str, list[float]] = {"library": [], "tutorial": []}
+    for r in range(repeats):
+        torch.manual_seed(r)
         model = create_model("seed").to(DEVICE, memory_format=torch.channels_last)
         optimizer = make_optimizer(seed_cfg, model)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(r))
         cpu_started = time.process_time()
-        seconds = library_steps(model, optimizer, x_u8, y, batch, steps, order)
-        channels_last = True
-    else:
-        x_float = ds.train.images.float() / 255.0        # tutorials convert once (ToTensor), outside the loop
+        ours.append(library_steps(model, optimizer, x_u8, y, batch, steps, order))
+        cpu["library"].append(time.process_time() - cpu_started)
+        acc["library"] = evaluate(model, ds.test.images, ds.test.labels)[1]
+
+        torch.manual_seed(r)
         model = create_model("seed").to(DEVICE)           # NCHW, the tutorial default
         optimizer = torch.optim.Adam(model.parameters(), lr=seed_cfg.lr)
         loader = DataLoader(TensorDataset(x_float, ds.train.labels), batch_size=batch, shuffle=True, drop_last=True,
                             generator=torch.Generator().manual_seed(r))
         cpu_started = time.process_time()
-        seconds = tutorial_steps(model, optimizer, loader, steps)
-        channels_last = False
-    cpu = time.process_time() - cpu_started
-    # Same math, different rounding and data order: after the same steps both nets should
-    # sit at about the same test accuracy.
-    return {"seconds": seconds, "cpu_seconds": cpu,
-            "test_accuracy": evaluate(model, ds.test.images, ds.test.labels, channels_last=channels_last)[1]}
-
-
-def run_worker(side: str, steps: int, repeat: int, threads: int) -> dict[str, Any]:
-    """One side of one repeat in a fresh Python process (see bench_throughput)."""
-    command = [sys.executable, __file__, "--worker", side, "--steps", str(steps), "--repeat", str(repeat),
-               "--threads", str(threads), "--device", DEVICE.type]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"bench: {' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def bench_throughput(ds: Any, steps: int, repeats: int, threads: int) -> dict[str, Any]:
-    """Library loop vs tutorial loop, each in its own fresh process, alternating, `repeats` times.
-
-    Separate processes because the library also tunes the process (allocator.keep_freed_memory,
-    as `mnist-cnn train` does) and a tutorial script does not. For transparency the same pair
-    also runs once more inside this process, where both loops share the library's tuning.
-    """
-    runs: dict[str, list[dict[str, Any]]] = {"library": [], "tutorial": []}
-    for r in range(repeats):
-        for side in runs:
-            runs[side].append(run_worker(side, steps, r, threads))
-    from mnist_cnn.allocator import keep_freed_memory
-
-    keep_freed_memory()
-    same = {side: throughput_side(side, ds, steps, repeats) for side in runs}
-    batch = cfg.make_config("seed").batch_size
+        theirs.append(tutorial_steps(model, optimizer, loader, steps))
+        cpu["tutorial"].append(time.process_time() - cpu_started)
+        acc["tutorial"] = evaluate(model, ds.test.images, ds.test.labels, channels_last=False)[1]
     images = steps * batch
-    ours_s = statistics.median(r["seconds"] for r in runs["library"])
-    theirs_s = statistics.median(r["seconds"] for r in runs["tutorial"])
-    epoch_steps = len(ds.train.labels) // batch
+    ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+    epoch_steps = len(y) // batch
     return {
         "steps_per_repeat": steps, "repeats": repeats, "batch_size": batch,
-        "library_seconds": [r["seconds"] for r in runs["library"]],
-        "tutorial_seconds": [r["seconds"] for r in runs["tutorial"]],
+        "library_seconds": ours, "tutorial_seconds": theirs,
         "library_images_per_s": images / ours_s, "tutorial_images_per_s": images / theirs_s,
         "library_seconds_per_epoch": ours_s / steps * epoch_steps,
         "tutorial_seconds_per_epoch": theirs_s / steps * epoch_steps,
         "speedup": theirs_s / ours_s,
-        "library_cpu_seconds": [r["cpu_seconds"] for r in runs["library"]],
-        "tutorial_cpu_seconds": [r["cpu_seconds"] for r in runs["tutorial"]],
-        "speedup_cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs["tutorial"])
-        / statistics.median(r["cpu_seconds"] for r in runs["library"]),
-        "test_accuracy_after_last_repeat": {side: runs[side][-1]["test_accuracy"] for side in runs},
-        "same_process": {"library_seconds": same["library"]["seconds"], "tutorial_seconds": same["tutorial"]["seconds"],
-                         "speedup": same["tutorial"]["seconds"] / same["library"]["seconds"],
-                         "note": "one more repeat, both loops in the bench process with the library's allocator tuning"},
+        "library_cpu_seconds": cpu["library"], "tutorial_cpu_seconds": cpu["tutorial"],
+        "speedup_cpu_seconds": statistics.median(cpu["tutorial"]) / statistics.median(cpu["library"]),
+        # Same math, different rounding and data order: after the same steps both nets should
+        # sit at about the same test accuracy.
+        "test_accuracy_after_last_repeat": acc,
     }
 
 
@@ -357,10 +320,7 @@ def table(results: dict[str, Any]) -> str:
                  f"{t['library_images_per_s']:,.0f} img/s, {t['library_seconds_per_epoch']:.2f} s/epoch"))
     rows.append(("seed recipe, tutorial loop (DataLoader, NCHW, .item())",
                  f"{t['tutorial_images_per_s']:,.0f} img/s, {t['tutorial_seconds_per_epoch']:.2f} s/epoch"))
-    rows.append(("  speedup (target >= 2x), separate processes",
-                 f"{t['speedup']:.2f}x wall, {t['speedup_cpu_seconds']:.2f}x CPU-seconds"))
-    if "same_process" in t:
-        rows.append(("  speedup, both loops in one tuned process", f"{t['same_process']['speedup']:.2f}x wall"))
+    rows.append(("  speedup (target >= 2x)", f"{t['speedup']:.2f}x wall, {t['speedup_cpu_seconds']:.2f}x CPU-seconds"))
     for r in results["time_to_99"]:
         if r["seconds_mean"] is None:
             when = "never"
@@ -395,9 +355,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated presets for time-to-99, the first is the target's (default fast,default; quick: fast)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train and infer")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="directory for the JSON results")
-    parser.add_argument("--worker", choices=("library", "tutorial"), help=argparse.SUPPRESS)  # one throughput side
-    parser.add_argument("--steps", type=int, default=550, help=argparse.SUPPRESS)
-    parser.add_argument("--repeat", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     global DEVICE
     from mnist_cnn.errors import MnistCnnError
@@ -409,13 +366,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.worker:
-        if args.worker == "library":
-            from mnist_cnn.allocator import keep_freed_memory
-
-            keep_freed_memory()  # what train() does
-        print(json.dumps(throughput_side(args.worker, load_dataset("mnist"), args.steps, args.repeat)))
-        return 0
     quick = args.quick
     seeds = args.seeds or (2 if quick else 5)
     results: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
@@ -429,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     results["data_loading_seconds"] = now() - started
 
     print("1/4 seed-recipe throughput ...", flush=True)
-    results["throughput"] = bench_throughput(ds, steps=150 if quick else 550, repeats=3, threads=args.threads)
+    results["throughput"] = bench_throughput(ds, steps=150 if quick else 550, repeats=3)
 
     print("2/4 time to 99% test accuracy ...", flush=True)
     presets = args.presets.split(",") if args.presets else ["fast"] if quick else ["fast", "default"]

@@ -9,7 +9,6 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from mnist_cnn.allocator import keep_freed_memory
 from mnist_cnn.errors import MnistCnnError, UsageError
 
 
@@ -320,7 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # every command runs tensors through the same sizes again and again
     try:
         return args.command_fn(args)
     except MnistCnnError as e:

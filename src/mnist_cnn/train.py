@@ -23,7 +23,6 @@ from torch import nn
 
 from mnist_cnn import config as cfg
 from mnist_cnn import distributed
-from mnist_cnn.allocator import keep_freed_memory
 from mnist_cnn.augment import augment
 from mnist_cnn.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_state, remove_stale_temp_files,
                                   save_checkpoint)
@@ -250,7 +249,6 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         try:
             if config.threads:
                 torch.set_num_threads(config.threads)
-            keep_freed_memory()  # ~20-30% of a CPU step went to page faults without it (allocator.py)
             seed_everything(config.seed)
             if dataset is None:
                 from mnist_cnn.data import load_dataset
