@@ -169,7 +169,7 @@ def test_bad_recipe_values_are_one_line_errors(capsys):
     with pytest.raises(UsageError, match="ema must be a decay"):
         cfg.make_config("best", ema=1.0)
     with pytest.raises(UsageError, match="augment must be one of"):
-        cfg.make_config("default", augment="elastic")
+        cfg.make_config("default", augment="cutout")
     assert main(["train", "--dataset", "cifar10"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown data set 'cifar10'" in err and "fashion-mnist" in err
