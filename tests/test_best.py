@@ -159,6 +159,7 @@ def test_ema_weights_are_validated_and_loaded_for_evaluation(toy, tmp_path):
 def test_best_preset_trains_end_to_end_on_toy_data(toy, tmp_path):
     config = cfg.make_config("best", epochs=1, batch_size=50, train_subset=200)
     assert (config.model, config.augment, config.label_smoothing) == ("best", "affine", 0.1)
+    assert config.validation_size == 1000  # trains on 59,000 of the 60,000 official training images
     assert config.ema > 0
     result = train(config, out_dir=tmp_path, name="best", dataset=toy, **QUIET)
     assert math.isfinite(result.history[-1].validation_loss)

@@ -69,9 +69,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": dict(model="fast", epochs=2, batch_size=128, optimizer="adam", lr=3e-3, schedule="onecycle",
                  warmup=0.25, label_smoothing=0.1),
     # The strongest recipe here: batch-norm CNN, affine augmentation, label smoothing, EMA weights.
-    # 430 steps an epoch; EMA horizon 1/(1-0.999) = 1000 steps ~ 2.3 epochs.
+    # 460 steps an epoch; EMA horizon 1/(1-0.999) = 1000 steps ~ 2.2 epochs.
+    # best trains on 59,000 images, validating on the first 1,000: with 5,000 held out it reached
+    # 99.66 +- 0.03% MNIST test over 3 seeds, with 1,000 99.70 +- 0.03% over 5 (README, Results).
     "best": dict(model="best", epochs=15, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=0.01,
-                 schedule="onecycle", warmup=0.2, label_smoothing=0.1, augment="affine", ema=0.999),
+                 schedule="onecycle", warmup=0.2, label_smoothing=0.1, augment="affine", ema=0.999,
+                 validation_size=1000),
 }
 
 
