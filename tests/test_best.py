@@ -13,7 +13,8 @@ from mnist_cnn.cli import main
 from mnist_cnn.ema import EMA
 from mnist_cnn.errors import UsageError
 from mnist_cnn.runs import load_trained
-from mnist_cnn.train import TrainingInterrupted, to_input, train
+from mnist_cnn.inference import to_input
+from mnist_cnn.train import TrainingInterrupted, train
 from synthetic import toy_dataset
 
 QUIET = dict(print_fn=lambda s: None, progress=False)

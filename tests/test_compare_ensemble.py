@@ -12,7 +12,8 @@ from mnist_cnn.compare import compare_runs, format_table
 from mnist_cnn.data import Dataset
 from mnist_cnn.errors import UsageError
 from mnist_cnn.runs import load_trained
-from mnist_cnn.train import evaluate, predict_logits, train
+from mnist_cnn.inference import evaluate_split, predict_logits
+from mnist_cnn.train import train
 from synthetic import toy_dataset
 
 QUIET = dict(print_fn=lambda s: None, progress=False)
@@ -51,7 +52,7 @@ def test_ensemble_averages_probabilities(runs, toy, toy_test_split):
     nll = -probs.log()[torch.arange(len(toy.test)), toy.test.labels].mean().item()
     assert math.isclose(result.evaluation.loss, nll, rel_tol=1e-6)
     for member, model in zip(result.members, models):
-        assert math.isclose(member.accuracy, evaluate(model, toy.test.images, toy.test.labels)[1], rel_tol=1e-6)
+        assert math.isclose(member.accuracy, evaluate_split(model, toy.test.images, toy.test.labels)[1], rel_tol=1e-6)
     assert "ensemble" in ensemble.format_members(result)
     assert result.evaluation.images == len(toy.test)
 

@@ -32,7 +32,8 @@ from mnist_cnn.data.registry import DATASETS
 from mnist_cnn.preprocess import preprocess
 from mnist_cnn.runs import load_trained
 from mnist_cnn.serve.app import ServeConfig, decode_data_url, make_server
-from mnist_cnn.train import to_input, train
+from mnist_cnn.inference import to_input
+from mnist_cnn.train import train
 from synthetic import toy_dataset
 
 FASHION = DATASETS["fashion-mnist"].class_names

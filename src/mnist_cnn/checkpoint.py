@@ -1,14 +1,12 @@
 """Checkpoints: one file holding everything needed to continue a run bit-exactly.
 
 A checkpoint is a `torch.save`d dict of tensors and plain Python values, so it loads with
-`torch.load(weights_only=True)`: no pickled code ever runs. Writes are atomic (temporary file in
-the same directory, fsync, rename), so a crash mid-write leaves the previous checkpoint intact.
+`torch.load(weights_only=True)`: no pickled code ever runs. Writes are atomic (fileio.atomic_write_bytes),
+so a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 
 from mnist_cnn.errors import CheckpointError
+from mnist_cnn.fileio import atomic_write_bytes
 
 FORMAT = "mnist-cnn-checkpoint"
 # Bump when the layout below changes incompatibly; loading refuses other versions.
@@ -25,27 +24,6 @@ REQUIRED_KEYS = ("format", "version", "config", "model", "class_names")
 
 class CheckpointWriteError(CheckpointError):
     """A checkpoint could not be written (full disk, read-only directory); the old one is intact."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # The rename itself is durable only once the directory entry is flushed.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

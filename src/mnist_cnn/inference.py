@@ -1,8 +1,9 @@
-"""A trained classifier behind one interface, whether it is a run directory or an exported .onnx.
+"""Inference shared by every command: device choice, input scaling, batched logits, split
+evaluation, and one way to load a trained model (a run directory, a named .pt checkpoint, or an
+.onnx file written by `mnist-cnn export`) behind one `Classifier` interface.
 
-`evaluate`, `predict` and `show` take "RUN", which may be a run directory, its checkpoint.pt or
-an ONNX file written by `mnist-cnn export` (class names and config live in its metadata).
-Everything downstream only needs `logits(images_u8)` and `class_names`.
+Training, evaluate, predict, export, show, serve and bench use these; none of them imports the
+training loop for inference.
 """
 from __future__ import annotations
 
@@ -11,9 +12,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from mnist_cnn.errors import CheckpointError, UsageError
+
+PIXEL_SCALE = 255.0  # uint8 pixel -> [0, 1]: the lesson's input scaling, here and nowhere else
+
+
+def select_device(name: str) -> torch.device:
+    """"auto" (CUDA when there is a GPU, else CPU), "cpu" or "cuda"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def to_input(images_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(N, C, 28, 28) uint8 pixels -> float32 in [0, 1], the lesson's input scaling."""
+    x = images_u8.float().div_(PIXEL_SCALE)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def to_input_numpy(images_u8: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The same scaling as `to_input` for ONNX Runtime: uint8 -> float32 numpy in [0, 1]."""
+    return np.asarray(images_u8, dtype=np.float32) / np.float32(PIXEL_SCALE)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images_u8: torch.Tensor, batch_size: int = 1000,
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits (N, classes) float32 for uint8 images (N, C, 28, 28), on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(to_input(images_u8[i:i + batch_size].to(device), channels_last)).float()
+           for i in range(0, len(images_u8), batch_size)]
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, 0, device=device)
+    return torch.cat(out)
+
+
+def evaluate_split(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+                   channels_last: bool = True) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` over a whole split of uint8 images."""
+    logits = predict_logits(model, images_u8, batch_size, channels_last)
+    labels = labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return loss, accuracy
+
 
 # Keys of the ONNX metadata_props that `export` writes and `load_classifier` reads.
 META_CLASS_NAMES = "mnist_cnn.class_names"   # JSON list of strings
@@ -38,13 +90,11 @@ class Classifier:
     def logits(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """(N, C, 28, 28) uint8 -> (N, classes) float32 logits, on the CPU."""
         if self.model is not None:
-            from mnist_cnn.train import predict_logits
-
             return predict_logits(self.model, images_u8, batch_size,
                                   channels_last=bool(self.config.get("channels_last", True))).cpu()
         out = []
         for i in range(0, len(images_u8), batch_size):
-            x = images_u8[i:i + batch_size].float().div_(255.0).numpy()  # the training normalisation
+            x = to_input_numpy(images_u8[i:i + batch_size])
             out.append(torch.from_numpy(self._session.run(None, {self._session.get_inputs()[0].name: x})[0]))
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
@@ -65,7 +115,6 @@ def load_classifier(run: str | Path, device: str = "auto") -> Classifier:
         return _load_onnx(Path(run))
     from mnist_cnn.checkpoint import load_checkpoint
     from mnist_cnn.runs import CHECKPOINT, load_trained
-    from mnist_cnn.train import select_device
 
     trained = load_trained(run, select_device(device))
     step = int(load_checkpoint(trained.run_dir / CHECKPOINT).get("global_step", 0))

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 import shutil
 import sys
@@ -22,8 +21,9 @@ from typing import IO, Any
 
 import torch
 
-from mnist_cnn.checkpoint import atomic_write_bytes, load_checkpoint, load_model_state
+from mnist_cnn.checkpoint import load_checkpoint, load_model_state
 from mnist_cnn.errors import CheckpointError, UsageError
+from mnist_cnn.fileio import read_json, write_json  # noqa: F401  (re-exported: callers import them from here)
 
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"  # held (flock) by the one process training the run; the OS drops it when that process dies
@@ -31,17 +31,6 @@ LOCK = ".lock"  # held (flock) by the one process training the run; the OS drops
 
 def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
 
 
 def default_run_name(preset: str) -> str:

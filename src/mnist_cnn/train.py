@@ -29,6 +29,7 @@ from mnist_cnn.checkpoint import (CheckpointWriteError, load_checkpoint, load_mo
 from mnist_cnn.config import TrainConfig
 from mnist_cnn.distributed import DistInfo
 from mnist_cnn.ema import EMA
+from mnist_cnn.inference import evaluate_split, predict_logits, select_device, to_input
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.models import create_model
 from mnist_cnn.runlog import EpochRecord, RunLogger
@@ -53,20 +54,6 @@ class TrainResult:
     history: list[EpochRecord]
     model: nn.Module
     config: TrainConfig
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device cuda was asked for, but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def to_input(images_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """(N, C, 28, 28) uint8 pixels -> float32 in [0, 1], the lesson's input scaling."""
-    x = images_u8.float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -115,31 +102,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     loss.backward()
     optimizer.step()
     return loss.detach(), (logits.argmax(1) == labels).sum()
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images_u8: torch.Tensor, batch_size: int = 1000,
-                   channels_last: bool = True) -> torch.Tensor:
-    """Logits (N, classes) float32 for uint8 images (N, C, 28, 28), on the model's device."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [model(to_input(images_u8[i:i + batch_size].to(device), channels_last)).float()
-           for i in range(0, len(images_u8), batch_size)]
-    model.train(was_training)
-    if not out:
-        return torch.empty(0, 0, device=device)
-    return torch.cat(out)
-
-
-def evaluate(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             channels_last: bool = True) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over a whole split."""
-    logits = predict_logits(model, images_u8, batch_size, channels_last)
-    labels = labels.to(logits.device)
-    loss = F.cross_entropy(logits, labels).item()
-    accuracy = (logits.argmax(1) == labels).float().mean().item()
-    return loss, accuracy
 
 
 def seed_everything(seed: int) -> None:
@@ -308,7 +270,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
         raise UsageError(f"batch_size {batch} is larger than the training set ({n_train} images)")
     total_steps = steps_per_epoch * config.epochs
     shard = distributed.batch_shard(batch, dist_info)  # this rank's part of each global batch
-    evaluate_split = distributed.sharded_evaluate(evaluate, dist_info)
+    evaluate_rank = distributed.sharded_evaluate(evaluate_split, dist_info)
 
     model = create_model(config.model, num_classes=len(dataset.class_names),
                          in_channels=dataset.train.images.shape[1]).to(device)
@@ -420,7 +382,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             reduce_steps(logged_from)
             logger.train_steps(epoch * steps_per_epoch + logged_from + 1, step_loss[logged_from:],
                                step_correct[logged_from:] / batch, walltimes)
-            val_loss, val_acc = evaluate_split(eval_model, val_x, val_y, channels_last=channels_last)
+            val_loss, val_acc = evaluate_rank(eval_model, val_x, val_y, channels_last=channels_last)
             record = EpochRecord(
                 epoch=epoch + 1, seconds=epoch_seconds_before + time.time() - started,
                 lr=optimizer.param_groups[0]["lr"],

@@ -18,7 +18,7 @@ from PIL import Image
 
 from mnist_cnn.preprocess import preprocess
 from mnist_cnn.runs import load_trained
-from mnist_cnn.train import select_device, to_input
+from mnist_cnn.inference import select_device, to_input
 
 
 class Predictor:
