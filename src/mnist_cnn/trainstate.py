@@ -166,6 +166,9 @@ class TrainState:
 
     def finish_epoch(self, record: EpochRecord) -> None:
         self.history.append(record)
+        self.advance_epoch()
+
+    def advance_epoch(self) -> None:
         self.epoch, self.step_in_epoch, self.epoch_seconds = self.epoch + 1, 0, 0.0
 
     def state_dict(self) -> dict[str, Any]:
