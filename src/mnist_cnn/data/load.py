@@ -3,34 +3,15 @@ from __future__ import annotations
 
 import operator
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mnist_cnn.data.dataset import Dataset, Split
 from mnist_cnn.data.registry import get_spec
 from mnist_cnn.data.sources import fetch_arrays
 from mnist_cnn.errors import UsageError
-
-
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # (N, 1, 28, 28) uint8, raw pixels 0..255 as in the IDX file
-    labels: torch.Tensor  # (N,) int64
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str                     # registry name: "mnist", "fashion-mnist", ...
-    class_names: tuple[str, ...]  # index = label
-    train: Split
-    validation: Split
-    test: Split
-    source: str                   # where the files came from, for humans
 
 
 def load_dataset(
