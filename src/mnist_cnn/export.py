@@ -48,6 +48,16 @@ class ExportReport:
     bytes: int
 
 
+def default_onnx_path(run: str | Path) -> Path:
+    """RUN/model.onnx for a run directory or its checkpoint.pt; X.onnx beside any other X.pt."""
+    from mnist_cnn.runs import CHECKPOINT
+
+    path = Path(run)
+    if path.is_dir():
+        return path / "model.onnx"
+    return path.with_name("model.onnx") if path.name == CHECKPOINT else path.with_suffix(".onnx")
+
+
 def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class_names: Sequence[str] | None = None,
                 config: dict[str, Any] | None = None, check_images: torch.Tensor | None = None,
                 check_labels: torch.Tensor | None = None, data_dir: str | None = None, opset: int = OPSET,

@@ -76,15 +76,17 @@ META_INPUT = "mnist_cnn.input"               # human-readable input contract
 
 @dataclass
 class Classifier:
-    """Logits for uint8 images from either backend. `model` is the PyTorch module (None for ONNX)."""
+    """A trained model behind one interface, whichever file it came from. `model` is the PyTorch
+    module (None for ONNX); `logits`/`probabilities` take uint8 images on any backend."""
 
     class_names: tuple[str, ...]
     config: dict[str, Any]
-    source: Path
-    kind: str                                  # "run" or "onnx"
+    source: Path                               # the file or run directory named by the user
+    kind: str                                  # "run" (a .pt checkpoint) or "onnx"
     model: torch.nn.Module | None = None
-    run_dir: Path | None = None                # where outputs go for a run; None for an .onnx file
+    run_dir: Path | None = None                # the run a checkpoint.pt belongs to; None for other files
     global_step: int = 0                       # the training step the weights come from (TensorBoard x axis)
+    status: str = "unknown"                    # run.json's status for a run, else "unknown"
     _session: Any = field(default=None, repr=False)
 
     def logits(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -98,8 +100,12 @@ class Classifier:
             out.append(torch.from_numpy(self._session.run(None, {self._session.get_inputs()[0].name: x})[0]))
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
+    def probabilities(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """(N, C, 28, 28) uint8 -> (N, classes) float32 softmax probabilities, on the CPU."""
+        return torch.softmax(self.logits(images_u8, batch_size), dim=1)
+
     def output_dir(self, name: str) -> Path:
-        """Where a command writes its files: RUN/<name>/, or <file>.<name>/ next to an .onnx file."""
+        """Where a command writes its files: RUN/<name>/ for a run, else <file>.<name>/ next to the file."""
         if self.run_dir is not None:
             return self.run_dir / name
         return self.source.with_name(f"{self.source.name}.{name}")
@@ -109,17 +115,46 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def load_classifier(run: str | Path, device: str = "auto") -> Classifier:
-    """A run directory / checkpoint.pt (PyTorch) or an .onnx file (ONNX Runtime, CPU)."""
-    if is_onnx(run):
-        return _load_onnx(Path(run))
-    from mnist_cnn.checkpoint import load_checkpoint
-    from mnist_cnn.runs import CHECKPOINT, load_trained
+def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
+    """The one way to load a trained model: a run directory (its checkpoint.pt), a named .pt
+    checkpoint (that file, whatever its name), or an .onnx file from `mnist-cnn export` (CPU).
+    Any problem is one CheckpointError/UsageError line."""
+    path = Path(path)
+    if is_onnx(path):
+        return _load_onnx(path)
+    from mnist_cnn.checkpoint import load_checkpoint, read_run_info
+    from mnist_cnn.runs import CHECKPOINT
 
-    trained = load_trained(run, select_device(device))
-    step = int(load_checkpoint(trained.run_dir / CHECKPOINT).get("global_step", 0))
-    return Classifier(trained.class_names, dict(trained.config), trained.run_dir, "run",
-                      model=trained.model, run_dir=trained.run_dir, global_step=step)
+    if path.is_dir():
+        checkpoint = path / CHECKPOINT
+        if not checkpoint.is_file():
+            raise CheckpointError(f"{path} has no {CHECKPOINT}: not a finished or resumable mnist-cnn run")
+    elif path.is_file():
+        checkpoint = path
+    else:
+        raise UsageError(f"no run directory, checkpoint or .onnx file at {path}")
+    torch_device = select_device(device)
+    state = load_checkpoint(checkpoint, map_location=torch_device)  # schema-checked, read once
+    model = _build_model(state, checkpoint).to(torch_device).eval()
+    # Outputs and status belong to the run only when the file is the run's own checkpoint.
+    run_dir = checkpoint.parent if checkpoint.name == CHECKPOINT else None
+    status = read_run_info(run_dir)["status"] if run_dir is not None else "unknown"
+    return Classifier(tuple(state["class_names"]), dict(state["config"]), path, "run", model=model,
+                      run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status)
+
+
+def _build_model(state: dict[str, Any], source: Path) -> nn.Module:
+    from mnist_cnn.checkpoint import load_model_state
+    from mnist_cnn.models import create_model
+
+    try:
+        model = create_model(state["config"]["model"], num_classes=len(state["class_names"]))
+    except UsageError as e:  # a checkpoint from a newer or altered mnist-cnn
+        raise CheckpointError(f"{source} names a model this mnist-cnn cannot build: {e}") from None
+    # A run trained with `ema` is evaluated with its averaged weights, as its validation was.
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    load_model_state(model, weights, source)
+    return model
 
 
 def _load_onnx(path: Path) -> Classifier:
