@@ -89,7 +89,6 @@ def test_histograms_skip_non_finite_weights(tmp_path):
     (["--validation-size", "60000"], 2, "validation size must be between 0 and 59999"),
     (["--train-subset", "5"], 2, "batch_size 128 is larger than the training set (5 images)"),
     (["--data-dir", "/nonexistent"], 2, "data dir /nonexistent does not exist"),
-    ([], 1, ""),  # the data set cannot be obtained (hermetic data_env: no cache, no source)
 ])
 def test_bad_flags_fail_before_a_run_directory_exists(data_env, tmp_path, capsys, keep_threads, flags, code, message):
     argv = ["train", "--epochs", "1", "--threads", "1", "--out", str(tmp_path), "--name", "r", "--no-progress", *flags]
@@ -98,6 +97,16 @@ def test_bad_flags_fail_before_a_run_directory_exists(data_env, tmp_path, capsys
         err = one_error_line(capsys)
         assert message in err and "already exists" not in err, err
         assert not (tmp_path / "r").exists()
+
+
+def test_a_run_whose_data_cannot_be_obtained_does_not_block_its_name(data_env, tmp_path, capsys, keep_threads):
+    """Loading happens in the run (its failure is recorded there); the name stays usable."""
+    argv = ["train", "--epochs", "1", "--threads", "1", "--out", str(tmp_path), "--name", "r", "--no-progress"]
+    for _ in range(2):
+        assert main(argv) == 1
+        err = one_error_line(capsys)
+        assert "could not obtain the mnist data set" in err and "already exists" not in err, err
+        assert read_json(tmp_path / "r" / "run.json")["status"] == "failed"
 
 
 def test_on_epoch_end_can_stop_a_run(tmp_path):

@@ -129,6 +129,30 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def from_main(fn: Callable[[], T], info: DistInfo) -> T:
+    """Run `fn` on rank 0 only and hand its result (or its error) to every rank.
+
+    Used for what must happen once with one answer, e.g. creating the run directory, whose
+    default name holds the time. Other ranks re-raise rank 0's MnistCnnError with its exit code.
+    """
+    if not info.enabled:
+        return fn()
+    box: list[Any] = [None]
+    if info.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except MnistCnnError as e:
+            box[0] = ("error", str(e), e.exit_code)
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    if box[0][0] == "error":
+        error = MnistCnnError(f"rank 0 failed: {box[0][1]}")
+        error.exit_code = box[0][2]
+        raise error
+    return box[0][1]
+
+
 # Under torchrun a stop signal must be acted on by every rank at the same step (the next step's
 # gradient all-reduce would wait forever otherwise). Agreeing costs a collective and a host
 # sync, so ranks compare notes only every STOP_POLL_STEPS steps and at every epoch end; torchrun

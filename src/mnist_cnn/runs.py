@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import shutil
 import sys
@@ -39,11 +40,17 @@ def default_run_name(preset: str) -> str:
     return f"{preset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
-    """Make a fresh run directory; an existing one is replaced only with `force`."""
+def check_new_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
+    """Where a new run named `name` would go, after every check `create_run_dir` makes that
+    creates nothing (so a bad name fails before data are loaded): a plain name, and a free one
+    unless `force` (or the run there failed before its first checkpoint)."""
     if not name or name in (".", "..") or Path(name).name != name:
         raise UsageError(f"run name {name!r} must be a plain directory name (use --out for the parent directory)")
     path = Path(out_dir) / name
+    existing = next(p for p in path.absolute().parents if p.exists())  # "/" at worst
+    if not path.exists() and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        why = "not a directory" if not existing.is_dir() else "not writable"
+        raise UsageError(f"cannot create run directory {path}: {existing} is {why}")
     if path.exists():
         if not force and not failed_before_first_checkpoint(path):
             raise UsageError(
@@ -51,6 +58,13 @@ def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
                 f"--name to pick another, or --resume {path} to continue it")
         if not (path / "run.json").exists() and any(path.iterdir()):
             raise UsageError(f"{path} exists and is not an mnist-cnn run; refusing to delete it even with --force")
+    return path
+
+
+def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
+    """Make a fresh run directory; an existing one is replaced only with `force`."""
+    path = check_new_run_dir(out_dir, name, force)
+    if path.exists():
         lock_run(path).close()  # refuses while another process trains in it
         shutil.rmtree(path)
     try:

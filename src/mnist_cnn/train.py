@@ -33,8 +33,8 @@ from mnist_cnn.errors import MnistCnnError, UsageError
 from mnist_cnn.fileio import read_json
 from mnist_cnn.inference import predict_logits, select_device, to_input
 from mnist_cnn.runlog import EpochRecord, NullBar, NullLogger, RunLogger, closing_report
-from mnist_cnn.runs import (CHECKPOINT, TrainingRun, create_run_dir, default_run_name, environment_info,
-                            resolve_run, training_run, write_json)
+from mnist_cnn.runs import (CHECKPOINT, TrainingRun, create_run_dir, default_run_name,
+                            environment_info, resolve_run, training_run, write_json)
 from mnist_cnn.trainstate import (TrainState, make_optimizer, make_schedule, resumable_checkpoint,  # noqa: F401
                                   seed_everything)
 
@@ -130,9 +130,11 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        data = prepare_data(config, dataset, strategy)  # every check that can fail before a run dir exists
+        check_before_loading(config, dataset, strategy)
         run_dir = resume_dir or strategy.run_once(lambda: _new_run_dir(config, out_dir, name, force))
+        # From here a failure is recorded in run.json; one before the first checkpoint leaves the name free.
         with training_run(run_dir, strategy.is_main, saved and saved["global_step"], strategy.barrier) as run:
+            data = prepare_data(config, dataset, strategy.device)
             run.write_json("environment.json", {**environment_info(strategy.device, config.seed),
                                                 "data_source": data.source, "world_size": strategy.info.world_size})
             state = TrainState.create(config, data.class_names, data.train_x.shape[1], len(data.train_y),
@@ -288,11 +290,22 @@ def _diverged(state: TrainState, loop: Loop, what: str, step: int) -> None:
                            f"try a lower --lr (this run used {state.config.lr:g}); {kept}")
 
 
-def prepare_data(config: TrainConfig, dataset: Any, strategy: SingleProcess) -> TrainData:
-    """The config's data on the device, after every check that can be made before a run exists."""
+def check_before_loading(config: TrainConfig, dataset: Any, strategy: SingleProcess) -> None:
+    """The checks that need no data file, made before a run directory exists: a registered data
+    set's sizes are known without loading it."""
     strategy.check_batch(config.batch_size)  # an indivisible global batch
     if dataset is None:
-        _check_sizes_before_loading(config)
+        from mnist_cnn.data.load import check_request
+
+        n_file = check_request(config.dataset, config.data_dir, config.validation_size)
+        if n_file is not None:
+            n_train = n_file - config.validation_size
+            _check_batch_fits(config.batch_size, min(config.train_subset or n_train, n_train))
+
+
+def prepare_data(config: TrainConfig, dataset: Any, device: torch.device) -> TrainData:
+    """The config's data (`dataset`, or loaded now) on the training device."""
+    if dataset is None:
         from mnist_cnn.data import load_dataset
 
         dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
@@ -300,21 +313,8 @@ def prepare_data(config: TrainConfig, dataset: Any, strategy: SingleProcess) -> 
     if config.train_subset:
         train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
     _check_batch_fits(config.batch_size, len(train_y))
-    device = strategy.device
     return TrainData(train_x.to(device), train_y.to(device), dataset.validation.images, dataset.validation.labels,
                      tuple(dataset.class_names), len(dataset.test), getattr(dataset, "source", ""))
-
-
-def _check_sizes_before_loading(config: TrainConfig) -> None:
-    """A registered data set's sizes are known without loading it (seconds saved on a bad flag)."""
-    if config.dataset == "folder":
-        return
-    from mnist_cnn.data.registry import get_spec
-
-    n_file = get_spec(config.dataset).file("train_images").count
-    if config.validation_size < n_file:  # else load_dataset says what the range is
-        n_train = n_file - config.validation_size
-        _check_batch_fits(config.batch_size, min(config.train_subset or n_train, n_train))
 
 
 def _check_batch_fits(batch_size: int, n_train: int) -> None:
