@@ -192,9 +192,9 @@ _FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 def _config_ok(config: Any) -> bool:
     """The settings that evaluate, predict, show, export and ensemble read without the typed
     TrainConfig (resume parses the whole config with config.from_dict)."""
-    if not _str_keyed_dict(config) or not isinstance(config.get("model"), str):
+    if not _str_keyed_dict(config):
         return False
-    return (isinstance(config.get("dataset", ""), str) and isinstance(config.get("data_dir", ""), (str, type(None)))
+    return (isinstance(config.get("model", ""), str) and isinstance(config.get("dataset", ""), str) and isinstance(config.get("data_dir", ""), (str, type(None)))
             and _is_int(config.get("validation_size", 0)) and isinstance(config.get("channels_last", True), bool)
             and _is_number(config.get("epochs", 0)))
 

@@ -129,8 +129,10 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
         checkpoint = path / CHECKPOINT
         if not checkpoint.is_file():
             raise CheckpointError(f"{path} has no {CHECKPOINT}: not a finished or resumable mnist-cnn run")
-    elif path.is_file():
+    elif path.is_file() and path.suffix.lower() in (".pt", ".pth"):
         checkpoint = path
+    elif path.is_file():
+        raise UsageError(f"{path} is not a run directory, a .pt checkpoint or an .onnx file")
     else:
         raise UsageError(f"no run directory, checkpoint or .onnx file at {path}")
     torch_device = select_device(device)
@@ -147,6 +149,8 @@ def _build_model(state: dict[str, Any], source: Path) -> nn.Module:
     from mnist_cnn.checkpoint import load_model_state
     from mnist_cnn.models import create_model
 
+    if "model" not in state["config"]:
+        raise CheckpointError(f"{source} names no model in its config; it cannot be rebuilt")
     try:
         model = create_model(state["config"]["model"], num_classes=len(state["class_names"]))
     except UsageError as e:  # a checkpoint from a newer or altered mnist-cnn
