@@ -123,7 +123,7 @@ def test_malformed_run_json_is_one_line(case, toy_run, tmp_path, capsys, data_en
     write_json(run / "run.json", RUN_JSONS[case])
     with pytest.raises(CheckpointError, match="run.json"):
         read_run_info(run)
-    for argv in (["evaluate", str(run)], ["train", "--resume", str(run)], ["compare", str(run)]):
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run)], ["compare", str(run), "--no-plot"]):
         rc, err = run_cli(argv, capsys)
         assert_one_line(rc, err, argv)
         assert "run.json" in err
@@ -350,7 +350,7 @@ def test_fuzzed_run_json_through_the_cli(toy_run, data_env, capsys, content, com
         text = json.dumps(content, default=lambda t: t.tolist())
         (run / "run.json").write_text(text)
         argv = {"evaluate": ["evaluate", str(run), "--no-files"], "resume": ["train", "--resume", str(run)],
-                "compare": ["compare", str(run)]}[command]
+                "compare": ["compare", str(run), "--no-plot"]}[command]
         capsys.readouterr()
         try:
             rc = main(argv)
