@@ -23,8 +23,8 @@ from typing import IO, Any, Callable, Iterator
 
 import torch
 
-from mnist_cnn.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_state, remove_stale_temp_files,
-                                  save_checkpoint)
+from mnist_cnn.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_state, read_run_info,
+                                  remove_stale_temp_files, save_checkpoint)
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.fileio import read_json, write_json  # noqa: F401  (re-exported: callers import them from here)
 
@@ -79,8 +79,8 @@ def failed_before_first_checkpoint(run_dir: Path) -> bool:
     if run_dir.is_symlink():
         return False
     try:
-        status = read_json(run_dir / "run.json").get("status")
-    except (MnistCnnError, OSError, AttributeError):
+        status = read_run_info(run_dir)["status"]
+    except (MnistCnnError, OSError):
         return False
     return status == "failed" and not (run_dir / CHECKPOINT).exists()
 

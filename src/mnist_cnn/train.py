@@ -26,11 +26,10 @@ from torch import nn
 from mnist_cnn import config as cfg
 from mnist_cnn import distributed
 from mnist_cnn.augment import augment
-from mnist_cnn.checkpoint import load_checkpoint
+from mnist_cnn.checkpoint import load_checkpoint, read_run_info
 from mnist_cnn.config import TrainConfig
 from mnist_cnn.distributed import SingleProcess
 from mnist_cnn.errors import MnistCnnError, UsageError
-from mnist_cnn.fileio import read_json
 from mnist_cnn.inference import predict_logits, select_device, to_input
 from mnist_cnn.runlog import EpochRecord, NullBar, NullLogger, RunLogger, closing_report
 from mnist_cnn.runs import (CHECKPOINT, TrainingRun, create_run_dir, default_run_name,
@@ -332,8 +331,7 @@ def _device(config: TrainConfig) -> torch.device:
 def _resume_point(resume: str | Path) -> tuple[Path, dict[str, Any]]:
     """The run directory to continue and its checkpoint."""
     run_dir = resolve_run(resume)
-    info = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    if isinstance(info, dict) and info.get("status") == "complete":
+    if read_run_info(run_dir)["status"] == "complete":
         raise UsageError(f"{run_dir} already finished all its epochs; nothing to resume")
     return run_dir, load_checkpoint(run_dir / CHECKPOINT)
 
