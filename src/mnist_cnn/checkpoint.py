@@ -6,6 +6,7 @@ so a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import pickletools
@@ -116,21 +117,24 @@ def _pickles_objects(path: Path) -> bool:
         else:
             with open(path, "rb") as f:
                 data = f.read(_MAX_PICKLE_SCAN)
-        strings: list[str] = []
-        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
-            if isinstance(arg, str):
-                strings.append(arg)
-            if op.name in ("GLOBAL", "INST"):
-                name = arg.replace(" ", ".")
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                name = f"{strings[-2]}.{strings[-1]}"
-            else:
-                continue
-            if not name.startswith(_PLAIN_GLOBALS):
-                return True
+        with warnings.catch_warnings():  # pickletools warns about odd escapes in garbage
+            warnings.simplefilter("ignore")
+            return any(not name.startswith(_PLAIN_GLOBALS) for name in _pickle_globals(data))
     except Exception:  # a truncated or non-pickle file: not evidence of objects
         return False
-    return False
+
+
+def _pickle_globals(data: bytes):
+    """The module.name of each class or function a pickle refers to, streamed (stops at the first
+    bad opcode, so a truncated file yields what precedes the cut)."""
+    strings: collections.deque[str] = collections.deque(maxlen=2)  # STACK_GLOBAL's two operands
+    for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+        if isinstance(arg, str):
+            strings.append(arg)
+        if op.name in ("GLOBAL", "INST"):
+            yield arg.replace(" ", ".")
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            yield f"{strings[-2]}.{strings[-1]}"
 
 
 def _all_finite(tensors: dict[str, Any]) -> bool:
