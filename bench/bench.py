@@ -2,8 +2,8 @@
 
 Measures side by side in ONE process, so noisy shared machines still give fair ratios:
 
-1. throughput  the seed recipe's training loop (train.py's seams: uint8 data as tensors, batches
-               by index, channels_last, no per-step host sync) against a plain tutorial loop
+1. throughput  the seed recipe's training loop (train.py's own `run_steps`: uint8 data as tensors,
+               batches by index, channels_last, no per-step host sync) against a plain tutorial loop
                (DataLoader over a TensorDataset of float images, NCHW, `loss.item()` every step),
                same network, optimizer (Adam 1e-4), batch (100) and data-order semantics
                (a fresh random permutation each epoch). Runs alternate; medians of >= 3 repeats.
@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_cnn import config as cfg
-from mnist_cnn.augment import augment
 from mnist_cnn.data import load_dataset
+from mnist_cnn.inference import evaluate_split, predict_logits, select_device
 from mnist_cnn.models import create_model
-from mnist_cnn.train import (evaluate, make_optimizer, make_schedule, predict_logits, seed_everything, to_input,
-                             train_step)
+from mnist_cnn.train import Loop, StepLog, TrainData, run_steps, train_epoch
+from mnist_cnn.trainstate import TrainState, make_optimizer, seed_everything
 
 ROOT = Path(__file__).resolve().parent
 TARGET_ACCURACY = 0.99
@@ -62,19 +62,20 @@ def now() -> float:
 
 # ---------------------------------------------------------------- 1. seed-recipe throughput
 
+def train_data(x_u8: torch.Tensor, y: torch.Tensor) -> TrainData:
+    """Training tensors as train.py's loop takes them (no validation split: the bench tests instead)."""
+    return TrainData(x_u8, y, x_u8[:0], y[:0], tuple(str(i) for i in range(10)), 0, "bench")
+
+
 def library_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x_u8: torch.Tensor, y: torch.Tensor,
                   batch: int, steps: int, order: torch.Tensor, channels_last: bool = True) -> float:
-    """train.py's hot loop, minus logging, over the epoch permutation `order` (N,) int64.
-    Returns seconds for `steps` optimizer steps."""
+    """train.py's hot loop itself (`run_steps`, the seed recipe's step) over the epoch permutation
+    `order` (N,) int64. Returns seconds for `steps` optimizer steps."""
+    config = cfg.make_config("seed", batch_size=batch, channels_last=channels_last, epochs=1)
+    state = TrainState.for_model(config, tuple(str(i) for i in range(10)), model, optimizer, n_train=steps * batch)
     started = now()
-    order = order.to(y.device)
-    step_loss = torch.zeros(steps, device=y.device)
-    step_correct = torch.zeros(steps, dtype=torch.long, device=y.device)
-    for s in range(steps):
-        idx = order[s * batch:(s + 1) * batch]
-        loss, correct = train_step(model, optimizer, to_input(x_u8[idx], channels_last), y[idx])
-        step_loss[s], step_correct[s] = loss, correct   # stays a tensor: no host sync per step
-    float(step_loss.mean())                              # the once-per-epoch read
+    run_steps(state, Loop(train_data(x_u8, y), model), order.to(y.device), StepLog(0), time.time())
+    float(state.step_loss.mean())                        # the once-per-epoch read
     return now() - started
 
 
@@ -112,7 +113,7 @@ def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
         cpu_started = time.process_time()
         ours.append(library_steps(model, optimizer, x_u8, y, batch, steps, order))
         cpu["library"].append(time.process_time() - cpu_started)
-        acc["library"] = evaluate(model, ds.test.images, ds.test.labels)[1]
+        acc["library"] = evaluate_split(model, ds.test.images, ds.test.labels)[1]
 
         torch.manual_seed(r)
         model = create_model("seed").to(DEVICE)           # NCHW, the tutorial default
@@ -122,7 +123,7 @@ def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
         cpu_started = time.process_time()
         theirs.append(tutorial_steps(model, optimizer, loader, steps))
         cpu["tutorial"].append(time.process_time() - cpu_started)
-        acc["tutorial"] = evaluate(model, ds.test.images, ds.test.labels, channels_last=False)[1]
+        acc["tutorial"] = evaluate_split(model, ds.test.images, ds.test.labels, channels_last=False)[1]
     images = steps * batch
     ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
     epoch_steps = len(y) // batch
@@ -144,38 +145,27 @@ def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- 2. time to 99% test accuracy
 
 def time_to_target(preset: str, ds: Any, seed: int) -> dict[str, Any]:
-    """Train `preset` as train.py does, timing only the training steps; test after each epoch."""
+    """Train `preset` with train.py's own `train_epoch`, timing only the training steps; test
+    after each epoch (outside the clock) with the weights validation would use (EMA when on)."""
     config = cfg.make_config(preset, seed=seed)
-    if config.ema:
-        raise SystemExit(f"bench: preset {preset} uses EMA weights, which this timing loop does not model")
     seed_everything(config.seed)
-    x_u8, y = ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)
-    model = create_model(config.model, num_classes=len(ds.class_names)).to(DEVICE, memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, model)
-    batch = config.batch_size
-    steps = len(y) // batch
-    schedule = make_schedule(config, optimizer, steps * config.epochs)
-    order_gen = torch.Generator().manual_seed(config.seed)
+    state = TrainState.create(config, ds.class_names, ds.train.images.shape[1], len(ds.train), DEVICE)
+    loop = Loop(train_data(ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)), state.model)
+    state.model.train()
     seconds, cpu_seconds, curve, reached = 0.0, 0.0, [], None
-    for epoch in range(config.epochs):
-        model.train()
+    while state.epoch < config.epochs:
         started, cpu_started = now(), time.process_time()
-        order = torch.randperm(len(y), generator=order_gen).to(DEVICE)
-        for s in range(steps):
-            idx = order[s * batch:(s + 1) * batch]
-            images = augment(to_input(x_u8[idx], True), config.augment)
-            train_step(model, optimizer, images, y[idx], config.label_smoothing)
-            if schedule is not None:
-                schedule.step()
+        train_epoch(state, loop)
         seconds += now() - started
         cpu_seconds += time.process_time() - cpu_started
-        accuracy = evaluate(model, ds.test.images, ds.test.labels)[1]
-        curve.append({"epoch": epoch + 1, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
+        state.advance_epoch()
+        accuracy = evaluate_split(state.eval_model, ds.test.images, ds.test.labels)[1]
+        curve.append({"epoch": state.epoch, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
                       "test_accuracy": accuracy})
         if reached is None and accuracy >= TARGET_ACCURACY:
-            reached = {"epoch": epoch + 1, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds}
+            reached = {"epoch": state.epoch, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds}
     return {"seed": seed, "reached": reached, "curve": curve, "final_test_accuracy": curve[-1]["test_accuracy"],
-            "model": model}
+            "model": state.eval_model}
 
 
 def bench_time_to_99(preset: str, ds: Any, seeds: int) -> dict[str, Any]:
@@ -358,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     global DEVICE
     from mnist_cnn.errors import MnistCnnError
-    from mnist_cnn.train import select_device
 
     try:
         DEVICE = select_device(args.device)

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from mnist_cnn import config as cfg
+from mnist_cnn.checkpoint import read_run_info
 from mnist_cnn.ensemble import evaluate_ensemble, mean_std
-from mnist_cnn.runs import read_json
 from mnist_cnn.train import train
 
 
@@ -64,7 +64,7 @@ def main() -> None:
         config = cfg.make_config(args.preset, dataset=args.dataset, seed=seed, **overrides)
         name = f"{args.preset}-{args.dataset}{suffix}-s{seed}"
         run = Path(args.out) / name
-        if (run / "run.json").is_file() and read_json(run / "run.json").get("status") == "complete":
+        if run.is_dir() and read_run_info(run)["status"] == "complete":
             print(f"{name}: reusing the complete run")
         else:
             train(config, out_dir=args.out, name=name, force=True, progress=False)

@@ -12,8 +12,8 @@ from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.cli import main
 from mnist_cnn.ema import EMA
 from mnist_cnn.errors import UsageError
-from mnist_cnn.runs import load_trained
-from mnist_cnn.train import TrainingInterrupted, to_input, train
+from mnist_cnn.inference import load_classifier, to_input
+from mnist_cnn.train import TrainingInterrupted, train
 from synthetic import toy_dataset
 
 QUIET = dict(print_fn=lambda s: None, progress=False)
@@ -149,7 +149,7 @@ def test_resume_with_augmentation_and_ema_is_bit_identical(toy, tmp_path):
 def test_ema_weights_are_validated_and_loaded_for_evaluation(toy, tmp_path):
     result = train(small(train_subset=0), out_dir=tmp_path, name="run", dataset=toy, **QUIET)
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    loaded = load_trained(tmp_path / "run").model.state_dict()
+    loaded = load_classifier(tmp_path / "run", "cpu").model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state["ema"].items())
     assert not all(torch.equal(state["model"][k], v) for k, v in state["ema"].items())
     assert all(torch.equal(result.model.state_dict()[k], v) for k, v in state["ema"].items())

@@ -11,8 +11,8 @@ from mnist_cnn.cli import main
 from mnist_cnn.compare import compare_runs, format_table
 from mnist_cnn.data import Dataset
 from mnist_cnn.errors import UsageError
-from mnist_cnn.runs import load_trained
-from mnist_cnn.train import evaluate, predict_logits, train
+from mnist_cnn.inference import evaluate_split, load_classifier, predict_logits
+from mnist_cnn.train import train
 from synthetic import toy_dataset
 
 QUIET = dict(print_fn=lambda s: None, progress=False)
@@ -45,13 +45,13 @@ def toy_test_split(toy, monkeypatch):
 
 def test_ensemble_averages_probabilities(runs, toy, toy_test_split):
     result = ensemble.evaluate_ensemble([runs / "s0", runs / "s1"], device="cpu")
-    models = [load_trained(runs / f"s{s}").model for s in (0, 1)]
+    models = [load_classifier(runs / f"s{s}", "cpu").model for s in (0, 1)]
     probs = sum(torch.softmax(predict_logits(m, toy.test.images).double(), 1) for m in models) / 2
     assert math.isclose(result.evaluation.accuracy, (probs.argmax(1) == toy.test.labels).double().mean().item())
     nll = -probs.log()[torch.arange(len(toy.test)), toy.test.labels].mean().item()
     assert math.isclose(result.evaluation.loss, nll, rel_tol=1e-6)
     for member, model in zip(result.members, models):
-        assert math.isclose(member.accuracy, evaluate(model, toy.test.images, toy.test.labels)[1], rel_tol=1e-6)
+        assert math.isclose(member.accuracy, evaluate_split(model, toy.test.images, toy.test.labels)[1], rel_tol=1e-6)
     assert "ensemble" in ensemble.format_members(result)
     assert result.evaluation.images == len(toy.test)
 
@@ -104,7 +104,7 @@ def test_compare_of_a_non_run_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_class_names_reach_the_checkpoint_and_compare(runs):
-    assert load_trained(runs / "fashion").class_names == FASHION
+    assert load_classifier(runs / "fashion", "cpu").class_names == FASHION
 
 
 def test_evaluate_command_with_several_runs_is_an_ensemble(runs, toy_test_split, tmp_path, capsys):

@@ -102,9 +102,9 @@ def test_two_processes_match_one_and_only_rank_0_writes(folder, single):
     assert (ddp / "plots" / "curves.png").is_file()
     # The folder data set's class names travel with the model; the run evaluates like any other.
     from mnist_cnn.evaluate import evaluate_run
-    from mnist_cnn.runs import load_trained
+    from mnist_cnn.inference import load_classifier
 
-    assert load_trained(ddp).class_names == tuple(f"c{i}" for i in range(10))
+    assert load_classifier(ddp, "cpu").class_names == tuple(f"c{i}" for i in range(10))
     assert evaluate_run(ddp, "test", device="cpu").accuracy > 0.5
 
 

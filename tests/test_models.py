@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn.models import count_parameters, create_model, model_names
-from mnist_cnn.train import to_input
+from mnist_cnn.inference import to_input
 from synthetic import toy_split
 
 ALL = model_names()

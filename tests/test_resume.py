@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_cnn import checkpoint as ckpt
 from mnist_cnn import config as cfg
+from mnist_cnn import fileio  # the atomic write behind save_checkpoint
 from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.cli import main
 from mnist_cnn.errors import CheckpointError
@@ -265,7 +265,7 @@ def test_same_seed_same_run_across_processes_and_other_seed_differs(reference, t
 
 
 # ------------------------------------------------------------------ write failures (deterministic)
-@pytest.mark.parametrize("failing", ["mkstemp", "write", "fsync", "replace"])
+@pytest.mark.parametrize("failing", ["create-temp", "write", "fsync", "replace"])
 def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch, failing):
     path = tmp_path / CHECKPOINT
     old = {"config": {}, "model": {"w": torch.arange(4.0)}, "class_names": ["a"]}
@@ -289,11 +289,11 @@ def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch, failin
             def close(self):
                 self.f.close()
 
-        monkeypatch.setattr(ckpt.os, "fdopen", lambda fd, mode: FullDisk(fd))
-    elif failing == "mkstemp":
-        monkeypatch.setattr(ckpt.tempfile, "mkstemp", no_space)
+        monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: FullDisk(fd))
+    elif failing == "create-temp":
+        monkeypatch.setattr(fileio.os, "open", no_space)
     else:
-        monkeypatch.setattr(ckpt.os, failing, no_space)
+        monkeypatch.setattr(fileio.os, failing, no_space)
     with pytest.raises(CheckpointError, match="No space left on device") as e:
         save_checkpoint(path, {**old, "model": {"w": torch.zeros(4)}})
     assert "\n" not in str(e.value)
@@ -315,7 +315,7 @@ def test_disk_full_mid_training_is_one_line_and_resumable(reference, tmp_path, m
                 raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", replace)
+    monkeypatch.setattr(fileio.os, "replace", replace)
     monkeypatch.setattr("mnist_cnn.data.load_dataset", lambda *a, **k: toy_dataset())
     threads = torch.get_num_threads()
     try:
@@ -327,7 +327,7 @@ def test_disk_full_mid_training_is_one_line_and_resumable(reference, tmp_path, m
         run = tmp_path / "run"
         assert read_json(run / "run.json")["status"] == "failed"
         assert load_checkpoint(run / CHECKPOINT)["global_step"] == STEPS_PER_EPOCH
-        monkeypatch.setattr(ckpt.os, "replace", real_replace)
+        monkeypatch.setattr(fileio.os, "replace", real_replace)
         assert main(["train", "--resume", str(run)]) == 0
     finally:
         torch.set_num_threads(threads)

@@ -29,10 +29,10 @@ from PIL import Image, ImageDraw
 from mnist_cnn import config as cfg
 from mnist_cnn.cli import main
 from mnist_cnn.data.registry import DATASETS
+from mnist_cnn.inference import load_classifier, to_input
 from mnist_cnn.preprocess import preprocess
-from mnist_cnn.runs import load_trained
 from mnist_cnn.serve.app import ServeConfig, decode_data_url, make_server
-from mnist_cnn.train import to_input, train
+from mnist_cnn.train import train
 from synthetic import toy_dataset
 
 FASHION = DATASETS["fashion-mnist"].class_names
@@ -88,7 +88,7 @@ def drawing(x0: int = 90, y0: int = 40, size: int = 200, **kw) -> bytes:
 
 def expected(run: Path, images: list[bytes]) -> list[np.ndarray]:
     """What the model says about each image when called directly: the probabilities the API must return."""
-    model = load_trained(run, "cpu").model
+    model = load_classifier(run, "cpu").model
     with torch.inference_mode():
         return [torch.softmax(model(to_input(preprocess(im).image[None], False)), 1)[0].numpy() for im in images]
 

@@ -4,10 +4,9 @@
 matrices at once and resamples the whole batch with one `grid_sample` call. `random_elastic` adds
 an elastic distortion to the same warp (Simard, Steinkraus and Platt 2003, "Best practices for
 convolutional neural networks applied to visual document analysis"): a random displacement per
-pixel, smoothed with a Gaussian, so strokes bend the way handwriting varies. (It did not help the
-`best` recipe: README, Results.) Randomness comes from torch's global generator on the batch's
-device, which the training checkpoint saves, so a resumed run draws the same warps (bit-exact
-resume).
+pixel, smoothed with a Gaussian, so strokes bend the way handwriting varies. Randomness comes
+from torch's global generator on the batch's device, which the training checkpoint saves, so a
+resumed run draws the same warps (bit-exact resume).
 
 `tta_views` gives fixed (deterministic) shifted copies for test-time augmentation.
 """

@@ -66,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- evaluate
 def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", nargs="+",
-                   help="run directory, its checkpoint.pt, or an exported .onnx file; several = an ensemble "
+                   help="run directory, a .pt checkpoint file, or an exported .onnx file; several = an ensemble "
                         "(their probabilities averaged)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each model's probabilities over the image and its four "
@@ -127,7 +127,7 @@ def _evaluate_ensemble(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- predict
 def add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory, its checkpoint.pt, or an exported .onnx file")
+    p.add_argument("run", metavar="RUN", help="run directory, a .pt checkpoint file (the file named is the one loaded), or an exported .onnx file")
     p.add_argument("images", metavar="IMAGE", nargs="+",
                    help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF) or directories of them")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image (default: 3)")
@@ -156,20 +156,17 @@ def run_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- export
 def add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory (or its checkpoint.pt)")
+    p.add_argument("run", metavar="RUN", help="run directory or a .pt checkpoint file")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="file format (default: onnx)")
-    p.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx)")
+    p.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx; for a checkpoint file X.pt, X.onnx beside it)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first (for the parity check)")
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mnist_cnn.export import default_onnx_path, export_onnx
 
-    from mnist_cnn.export import export_onnx
-    from mnist_cnn.runs import resolve_run
-
-    out = args.out or Path(resolve_run(args.run)) / "model.onnx"
+    out = args.out or default_onnx_path(args.run)
     r = export_onnx(args.run, out, data_dir=args.data_dir, force=args.force)
     print(f"Wrote {r.path} ({r.bytes / 1024:.0f} KiB, dynamic batch) in {r.seconds:.1f} s")
     print(f"Checked against PyTorch on {r.images_checked} images ({r.check_data}) with ONNX Runtime:")
@@ -182,7 +179,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- show
 def add_show(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run directory (or its checkpoint.pt)")
+    p.add_argument("run", metavar="RUN", help="run directory or a .pt checkpoint file (not an .onnx file: "
+                                              "the feature maps need the PyTorch layers)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, default=None, metavar="N", help="test image number (default: 0)")
     which.add_argument("--image", metavar="FILE", help="your own image file instead of a test image")
@@ -239,7 +237,7 @@ def run_models(args: argparse.Namespace) -> int:
 def add_serve(p: argparse.ArgumentParser) -> None:
     from mnist_cnn.serve.app import DEFAULT_MAX_UPLOAD_MB
 
-    p.add_argument("run", metavar="RUN", help="run directory (or its checkpoint.pt)")
+    p.add_argument("run", metavar="RUN", help="run directory, a .pt checkpoint file (the file named is the one loaded), or an exported .onnx file")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")

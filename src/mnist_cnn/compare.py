@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from mnist_cnn.checkpoint import read_run_info
 from mnist_cnn.errors import UsageError
+from mnist_cnn.fileio import read_json
 from mnist_cnn.runlog import EpochRecord, read_metrics_csv
-from mnist_cnn.runs import read_json
 
 
 @dataclass
@@ -50,7 +51,7 @@ def summarize_run(run: str | Path) -> RunSummary:
     if not (path / "config.json").is_file():
         raise UsageError(f"{run} is not an mnist-cnn run directory (no config.json)")
     config = read_json(path / "config.json")
-    status = read_json(path / "run.json").get("status", "unknown") if (path / "run.json").is_file() else "unknown"
+    status = read_run_info(path)["status"]
     history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
     spec = DATASETS.get(config.get("dataset", ""))
     try:

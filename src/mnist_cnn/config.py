@@ -48,10 +48,10 @@ class TrainConfig:
     threads: int = _f(0, "CPU threads for torch, 0 = torch's default (one per core)")
     channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on CPU)")
     amp: str = _f("off", "mixed precision on CUDA: bf16 = forward and loss under torch.autocast(bfloat16), "
-                  "weights and optimizer stay float32; refused on CPU (slower there, see README Speed)",
+                  "weights and optimizer stay float32; refused on CPU (autocast there is for CUDA only)",
                   ("off", "bf16"))
     compile: bool = _f(False, "torch.compile the model for training (minutes of compiling first; "
-                       "pays off on a GPU, was slower than eager on our 2-core CPU)")
+                       "meant for long GPU runs)")
     # Saving.
     checkpoint_every: int = _f(0, "also checkpoint every N optimizer steps (0 = only at epoch ends)")
     preset: str = _f("default", "the preset these values started from (informational)")
@@ -65,13 +65,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The lesson's network trained the modern way: one-cycle Adam at a 30x higher peak rate.
     "default": dict(),
     # Fastest to 99% test accuracy on a CPU: the small batch-norm `fast` net, one-cycle Adam,
-    # label smoothing, 2 epochs of 429 steps (see README "Speed" for the measured seconds).
+    # label smoothing, 2 epochs of 429 steps.
     "fast": dict(model="fast", epochs=2, batch_size=128, optimizer="adam", lr=3e-3, schedule="onecycle",
                  warmup=0.25, label_smoothing=0.1),
     # The strongest recipe here: batch-norm CNN, affine augmentation, label smoothing, EMA weights.
     # 460 steps an epoch; EMA horizon 1/(1-0.999) = 1000 steps ~ 2.2 epochs.
-    # best trains on 59,000 images, validating on the first 1,000: with 5,000 held out it reached
-    # 99.66 +- 0.03% MNIST test over 3 seeds, with 1,000 99.70 +- 0.03% over 5 (README, Results).
+    # best trains on 59,000 images, validating on the first 1,000: more training images helped
+    # more than a larger validation set (docs, Results).
     "best": dict(model="best", epochs=15, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=0.01,
                  schedule="onecycle", warmup=0.2, label_smoothing=0.1, augment="affine", ema=0.999,
                  validation_size=1000),

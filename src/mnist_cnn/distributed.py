@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.inference import evaluate_split
 
 T = TypeVar("T")
 
@@ -110,24 +111,6 @@ def cleanup(info: DistInfo) -> None:
         _started_here = False
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
-def wrap_model(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    """The module to train with: DistributedDataParallel around `model` under torchrun.
-
-    Keep using the bare `model` for evaluation and state_dict (no 'module.' prefixes). DDP
-    broadcasts rank 0's weights at construction, so load a checkpoint before wrapping.
-    """
-    if not info.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def batch_shard(batch_size: int, info: DistInfo) -> slice:
     """This rank's slice of every global batch (all of it when single-process)."""
     if batch_size % info.world_size:
@@ -137,27 +120,6 @@ def batch_shard(batch_size: int, info: DistInfo) -> slice:
     return slice(info.rank * per_rank, (info.rank + 1) * per_rank)
 
 
-def all_reduce_sum_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """In place: the sum over ranks (a collective: every rank must call it)."""
-    if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_mean_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """In place: the mean over ranks. SUM then divide: gloo has no AVG."""
-    if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(info.world_size)
-    return tensor
-
-
-def all_reduce_mean(value: float, info: DistInfo) -> float:
-    if not info.enabled:
-        return value
-    return float(all_reduce_mean_(torch.tensor([value], dtype=torch.float64), info))
-
-
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when it is True on any (a collective, and a host sync)."""
     if not info.enabled:
@@ -165,28 +127,6 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
-
-
-def sharded_evaluate(evaluate: Callable[..., tuple[float, float]], info: DistInfo) -> Callable[..., tuple[float, float]]:
-    """`evaluate(model, images, labels, **kw) -> (mean loss, accuracy)` run on this rank's
-    contiguous shard of the split, combined across ranks weighted by shard size. Same signature."""
-    if not info.enabled:
-        return evaluate
-
-    def run(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **kw: Any) -> tuple[float, float]:
-        n = len(labels)
-        lo, hi = n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
-        sums = torch.zeros(3, dtype=torch.float64)  # loss * count, accuracy * count, count
-        if hi > lo:
-            loss, accuracy = evaluate(model, images[lo:hi], labels[lo:hi], **kw)
-            sums += torch.tensor([loss * (hi - lo), accuracy * (hi - lo), hi - lo], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            sums = sums.cuda()
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        total = float(sums[2])
-        return float(sums[0]) / total, float(sums[1]) / total
-
-    return run
 
 
 def from_main(fn: Callable[[], T], info: DistInfo) -> T:
@@ -213,23 +153,6 @@ def from_main(fn: Callable[[], T], info: DistInfo) -> T:
     return box[0][1]
 
 
-class NullLogger:
-    """Stands in for RunLogger on ranks other than 0: accepts every call, writes nothing."""
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name == "epoch_bar":
-            return lambda *args, **kwargs: _NullBar()
-        return lambda *args, **kwargs: None
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 # Under torchrun a stop signal must be acted on by every rank at the same step (the next step's
 # gradient all-reduce would wait forever otherwise). Agreeing costs a collective and a host
 # sync, so ranks compare notes only every STOP_POLL_STEPS steps and at every epoch end; torchrun
@@ -237,15 +160,126 @@ class _NullBar:
 STOP_POLL_STEPS = 10
 
 
-def agreed_signal(signal_name: str | None, info: DistInfo, device: torch.device,
-                  step: int | None = None) -> str | None:
-    """The stop signal every rank acts on now. Single-process: `signal_name` itself. Under
-    torchrun: at steps divisible by STOP_POLL_STEPS and where `step` is None (epoch ends), the
-    same answer on every rank; elsewhere None."""
-    if not info.enabled:
+class SingleProcess:
+    """The training loop's view of its processes when there is one: every method is the identity.
+
+    `DDP` below has the same methods; the loop calls them and never asks which one it has.
+    """
+
+    info = SINGLE
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run directory and prints."""
+        return self.info.is_main
+
+    def check_batch(self, batch_size: int) -> None:
+        batch_shard(batch_size, self.info)
+
+    def shard(self, batch_indices: torch.Tensor) -> torch.Tensor:
+        """This process's part of a global batch (B,) of training-set indices."""
+        return batch_indices
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module to step with (state_dict and evaluation keep using `model` itself)."""
+        return model
+
+    def reduce_steps(self, step_loss: torch.Tensor, step_correct: torch.Tensor) -> None:
+        """Per-step metrics of this process's shards -> the global batch's, in place."""
+
+    def evaluate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 channels_last: bool) -> tuple[float, float]:
+        """(mean loss, accuracy) of `model` on a split."""
+        return evaluate_split(model, images, labels, channels_last=channels_last)
+
+    def agreed_stop(self, signal_name: str | None, step: int | None = None) -> str | None:
+        """The stop signal every process acts on now (`step` None: an epoch end)."""
         return signal_name
-    if step is not None and step % STOP_POLL_STEPS:
+
+    def main_decides(self, flag: bool) -> bool:
+        """The main process's `flag`, on every process."""
+        return flag
+
+    def run_once(self, fn: Callable[[], T]) -> T:
+        """`fn()` run by the main process, its result (or MnistCnnError) handed to every process."""
+        return fn()
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class DDP(SingleProcess):
+    """torchrun's ranks: DistributedDataParallel, batch shards, collectives for metrics and stops.
+
+    See the module docstring for how a step is split and who writes what.
+    """
+
+    def __init__(self, device: torch.device, info: DistInfo) -> None:
+        super().__init__(device_for(device, info))
+        self.info = info
+        self._shard = slice(None)  # this rank's part of each global batch; set by check_batch
+
+    def check_batch(self, batch_size: int) -> None:
+        self._shard = batch_shard(batch_size, self.info)
+
+    def shard(self, batch_indices: torch.Tensor) -> torch.Tensor:
+        return batch_indices[self._shard]
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        # DDP broadcasts rank 0's weights at construction: load a checkpoint before wrapping.
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = self.device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def reduce_steps(self, step_loss: torch.Tensor, step_correct: torch.Tensor) -> None:
+        # SUM then divide for the mean: gloo has no AVG.
+        dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
+        step_loss.div_(self.info.world_size)
+        dist.all_reduce(step_correct, op=dist.ReduceOp.SUM)
+
+    def evaluate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 channels_last: bool) -> tuple[float, float]:
+        """Each rank evaluates a contiguous shard; results combine weighted by shard size."""
+        n, rank, world = len(labels), self.info.rank, self.info.world_size
+        lo, hi = n * rank // world, n * (rank + 1) // world
+        sums = torch.zeros(3, dtype=torch.float64)  # loss * count, accuracy * count, count
+        if hi > lo:
+            loss, accuracy = evaluate_split(model, images[lo:hi], labels[lo:hi], channels_last=channels_last)
+            sums += torch.tensor([loss * (hi - lo), accuracy * (hi - lo), hi - lo], dtype=torch.float64)
+        if dist.get_backend() == "nccl":
+            sums = sums.cuda()
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        total = float(sums[2])
+        return float(sums[0]) / total, float(sums[1]) / total
+
+    def agreed_stop(self, signal_name: str | None, step: int | None = None) -> str | None:
+        if step is not None and step % STOP_POLL_STEPS:
+            return None
+        if any_rank(signal_name is not None, self.info, self.device):
+            return signal_name or "a signal to another rank"
         return None
-    if any_rank(signal_name is not None, info, device):
-        return signal_name or "a signal to another rank"
-    return None
+
+    def main_decides(self, flag: bool) -> bool:
+        return any_rank(flag and self.is_main, self.info, self.device)
+
+    def run_once(self, fn: Callable[[], T]) -> T:
+        return from_main(fn, self.info)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def close(self) -> None:
+        cleanup(self.info)
+
+
+def make_strategy(device: torch.device) -> SingleProcess:
+    """`DDP` when torchrun started this process (it joins the group now), else `SingleProcess`."""
+    info = init_distributed(device)
+    return DDP(device, info) if info.enabled else SingleProcess(device)

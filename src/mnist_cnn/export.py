@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from mnist_cnn.errors import MnistCnnError, UsageError
-from mnist_cnn.inference import META_CLASS_NAMES, META_CONFIG, META_INPUT, META_VERSION
+from mnist_cnn.fileio import atomic_write_bytes
+from mnist_cnn.inference import META_CLASS_NAMES, META_CONFIG, META_INPUT, META_VERSION, to_input
 
 OPSET = 17                   # supported by every onnxruntime since 1.11
 LOGIT_TOLERANCE = 1e-3       # max |logit difference| accepted; float32 rounding gives ~1e-5
@@ -45,6 +46,16 @@ class ExportReport:
     torch_accuracy: float | None
     seconds: float               # export + check, wall time
     bytes: int
+
+
+def default_onnx_path(run: str | Path) -> Path:
+    """RUN/model.onnx for a run directory or its checkpoint.pt; X.onnx beside any other X.pt."""
+    from mnist_cnn.runs import CHECKPOINT
+
+    path = Path(run)
+    if path.is_dir():
+        return path / "model.onnx"
+    return path.with_name("model.onnx") if path.name == CHECKPOINT else path.with_suffix(".onnx")
 
 
 def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class_names: Sequence[str] | None = None,
@@ -135,7 +146,7 @@ def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class
         mismatches, max_diff, onnx_correct, torch_correct = 0, 0.0, 0, 0
         batch = 1000
         for i in range(0, len(check_images), batch):  # 10k images: ~1 s each side on a CPU
-            x = check_images[i:i + batch].float().div_(255.0)
+            x = to_input(check_images[i:i + batch], channels_last=False)
             with torch.inference_mode():
                 reference = model(x)
             got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
@@ -149,8 +160,7 @@ def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class
         if mismatches or not max_diff <= LOGIT_TOLERANCE:  # `not <=` also catches NaN
             raise ExportError(f"ONNX model disagrees with PyTorch: {mismatches} of {n} predicted classes differ, "
                               f"max |logit difference| {max_diff:.3g} (limit {LOGIT_TOLERANCE}); nothing written")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except MnistCnnError:
         raise
     except Exception as e:  # exporter / checker / runtime failures: one line, not a traceback

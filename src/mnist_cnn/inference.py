@@ -1,8 +1,9 @@
-"""A trained classifier behind one interface, whether it is a run directory or an exported .onnx.
+"""Inference shared by every command: device choice, input scaling, batched logits, split
+evaluation, and one way to load a trained model (a run directory, a named .pt checkpoint, or an
+.onnx file written by `mnist-cnn export`) behind one `Classifier` interface.
 
-`evaluate`, `predict` and `show` take "RUN", which may be a run directory, its checkpoint.pt or
-an ONNX file written by `mnist-cnn export` (class names and config live in its metadata).
-Everything downstream only needs `logits(images_u8)` and `class_names`.
+Training, evaluate, predict, export, show, serve and bench use these; none of them imports the
+training loop for inference.
 """
 from __future__ import annotations
 
@@ -11,9 +12,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from mnist_cnn.errors import CheckpointError, UsageError
+
+PIXEL_SCALE = 255.0  # uint8 pixel -> [0, 1]: the lesson's input scaling, here and nowhere else
+
+
+def select_device(name: str) -> torch.device:
+    """"auto" (CUDA when there is a GPU, else CPU), "cpu" or "cuda"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def to_input(images_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(N, C, 28, 28) uint8 pixels -> float32 in [0, 1], the lesson's input scaling."""
+    x = images_u8.float().div_(PIXEL_SCALE)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def to_input_numpy(images_u8: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The same scaling as `to_input` for ONNX Runtime: uint8 -> float32 numpy in [0, 1]."""
+    return np.asarray(images_u8, dtype=np.float32) / np.float32(PIXEL_SCALE)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images_u8: torch.Tensor, batch_size: int = 1000,
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits (N, classes) float32 for uint8 images (N, C, 28, 28), on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(to_input(images_u8[i:i + batch_size].to(device), channels_last)).float()
+           for i in range(0, len(images_u8), batch_size)]
+    model.train(was_training)
+    if not out:
+        return torch.empty(0, 0, device=device)
+    return torch.cat(out)
+
+
+def evaluate_split(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+                   channels_last: bool = True) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` over a whole split of uint8 images."""
+    logits = predict_logits(model, images_u8, batch_size, channels_last)
+    labels = labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item()
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return loss, accuracy
+
 
 # Keys of the ONNX metadata_props that `export` writes and `load_classifier` reads.
 META_CLASS_NAMES = "mnist_cnn.class_names"   # JSON list of strings
@@ -24,32 +76,36 @@ META_INPUT = "mnist_cnn.input"               # human-readable input contract
 
 @dataclass
 class Classifier:
-    """Logits for uint8 images from either backend. `model` is the PyTorch module (None for ONNX)."""
+    """A trained model behind one interface, whichever file it came from. `model` is the PyTorch
+    module (None for ONNX); `logits`/`probabilities` take uint8 images on any backend."""
 
     class_names: tuple[str, ...]
     config: dict[str, Any]
-    source: Path
-    kind: str                                  # "run" or "onnx"
+    source: Path                               # the file or run directory named by the user
+    kind: str                                  # "run" (a .pt checkpoint) or "onnx"
     model: torch.nn.Module | None = None
-    run_dir: Path | None = None                # where outputs go for a run; None for an .onnx file
+    run_dir: Path | None = None                # the run a checkpoint.pt belongs to; None for other files
     global_step: int = 0                       # the training step the weights come from (TensorBoard x axis)
+    status: str = "unknown"                    # run.json's status for a run, else "unknown"
     _session: Any = field(default=None, repr=False)
 
     def logits(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """(N, C, 28, 28) uint8 -> (N, classes) float32 logits, on the CPU."""
         if self.model is not None:
-            from mnist_cnn.train import predict_logits
-
             return predict_logits(self.model, images_u8, batch_size,
                                   channels_last=bool(self.config.get("channels_last", True))).cpu()
         out = []
         for i in range(0, len(images_u8), batch_size):
-            x = images_u8[i:i + batch_size].float().div_(255.0).numpy()  # the training normalisation
+            x = to_input_numpy(images_u8[i:i + batch_size])
             out.append(torch.from_numpy(self._session.run(None, {self._session.get_inputs()[0].name: x})[0]))
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
 
+    def probabilities(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """(N, C, 28, 28) uint8 -> (N, classes) float32 softmax probabilities, on the CPU."""
+        return torch.softmax(self.logits(images_u8, batch_size), dim=1)
+
     def output_dir(self, name: str) -> Path:
-        """Where a command writes its files: RUN/<name>/, or <file>.<name>/ next to an .onnx file."""
+        """Where a command writes its files: RUN/<name>/ for a run, else <file>.<name>/ next to the file."""
         if self.run_dir is not None:
             return self.run_dir / name
         return self.source.with_name(f"{self.source.name}.{name}")
@@ -59,18 +115,50 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def load_classifier(run: str | Path, device: str = "auto") -> Classifier:
-    """A run directory / checkpoint.pt (PyTorch) or an .onnx file (ONNX Runtime, CPU)."""
-    if is_onnx(run):
-        return _load_onnx(Path(run))
-    from mnist_cnn.checkpoint import load_checkpoint
-    from mnist_cnn.runs import CHECKPOINT, load_trained
-    from mnist_cnn.train import select_device
+def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
+    """The one way to load a trained model: a run directory (its checkpoint.pt), a named .pt
+    checkpoint (that file, whatever its name), or an .onnx file from `mnist-cnn export` (CPU).
+    Any problem is one CheckpointError/UsageError line."""
+    path = Path(path)
+    if is_onnx(path):
+        return _load_onnx(path)
+    from mnist_cnn.checkpoint import load_checkpoint, read_run_info
+    from mnist_cnn.runs import CHECKPOINT
 
-    trained = load_trained(run, select_device(device))
-    step = int(load_checkpoint(trained.run_dir / CHECKPOINT).get("global_step", 0))
-    return Classifier(trained.class_names, dict(trained.config), trained.run_dir, "run",
-                      model=trained.model, run_dir=trained.run_dir, global_step=step)
+    if path.is_dir():
+        checkpoint = path / CHECKPOINT
+        if not checkpoint.is_file():
+            raise CheckpointError(f"{path} has no {CHECKPOINT}: not a finished or resumable mnist-cnn run")
+    elif path.is_file() and path.suffix.lower() in (".pt", ".pth"):
+        checkpoint = path
+    elif path.is_file():
+        raise UsageError(f"{path} is not a run directory, a .pt checkpoint or an .onnx file")
+    else:
+        raise UsageError(f"no run directory, checkpoint or .onnx file at {path}")
+    torch_device = select_device(device)
+    state = load_checkpoint(checkpoint, map_location=torch_device)  # schema-checked, read once
+    model = _build_model(state, checkpoint).to(torch_device).eval()
+    # Outputs and status belong to the run only when the file is the run's own checkpoint.
+    run_dir = checkpoint.parent if checkpoint.name == CHECKPOINT else None
+    status = read_run_info(run_dir)["status"] if run_dir is not None else "unknown"
+    return Classifier(tuple(state["class_names"]), dict(state["config"]), path, "run", model=model,
+                      run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status)
+
+
+def _build_model(state: dict[str, Any], source: Path) -> nn.Module:
+    from mnist_cnn.checkpoint import load_model_state
+    from mnist_cnn.models import create_model
+
+    if "model" not in state["config"]:
+        raise CheckpointError(f"{source} names no model in its config; it cannot be rebuilt")
+    try:
+        model = create_model(state["config"]["model"], num_classes=len(state["class_names"]))
+    except UsageError as e:  # a checkpoint from a newer or altered mnist-cnn
+        raise CheckpointError(f"{source} names a model this mnist-cnn cannot build: {e}") from None
+    # A run trained with `ema` is evaluated with its averaged weights, as its validation was.
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    load_model_state(model, weights, source)
+    return model
 
 
 def _load_onnx(path: Path) -> Classifier:

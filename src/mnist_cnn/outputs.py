@@ -43,7 +43,7 @@ class OutputDir:
         return [self.path / n for n in names]
 
     def _record(self, names: Iterable[str]) -> None:
-        from mnist_cnn.checkpoint import atomic_write_bytes
+        from mnist_cnn.fileio import atomic_write_bytes
 
         self.owned.update(names)
         atomic_write_bytes(self.path / MANIFEST, json.dumps(sorted(self.owned), indent=1).encode())

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from mnist_cnn.checkpoint import atomic_write_bytes
+from mnist_cnn.fileio import atomic_write_bytes
 
 
 @dataclass
@@ -47,12 +47,23 @@ def read_metrics_csv(path: Path) -> list[EpochRecord]:
     return [EpochRecord(int(r["epoch"]), *(float(r[f.name]) for f in fields(EpochRecord)[1:])) for r in rows]
 
 
-class _NoBar:
+class NullBar:
+    """A progress bar that shows nothing (no terminal, or not the main process)."""
+
     def update(self, n: int = 1) -> None:
         pass
 
     def close(self) -> None:
         pass
+
+
+class NullLogger:
+    """Stands in for RunLogger on torchrun ranks other than 0: accepts every call, writes nothing."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name == "epoch_bar":
+            return lambda *args, **kwargs: NullBar()
+        return lambda *args, **kwargs: None
 
 
 def _wait_until_newer_than_event_files(run_dir: Path) -> None:
@@ -104,7 +115,7 @@ class RunLogger:
 
     def epoch_bar(self, epoch: int, total_steps: int, done: int = 0):
         if not self.progress:
-            return _NoBar()
+            return NullBar()
         from tqdm import tqdm
 
         return tqdm(total=total_steps, initial=done, desc=f"Epoch {epoch}", unit="step", leave=False, file=sys.stderr)
@@ -138,11 +149,15 @@ class RunLogger:
         """Every parameter's histogram (TensorBoard's Histograms and Distributions tabs), once per epoch.
 
         Cost: one device-to-host copy of the weights (0.4 MB for the seed net) and a numpy
-        histogram each, a few ms an epoch; never called per step.
+        histogram each, a few ms an epoch; never called per step. Non-finite values are left
+        out (TensorBoard's histogram raises on NaN or inf); a tensor with none finite is skipped.
         """
         for name, param in model.named_parameters():
             name = name.removeprefix("module.")  # DistributedDataParallel's wrapper prefix
-            self.train_writer.add_histogram(f"weights/{name}", param.detach().float().cpu(), global_step)
+            values = param.detach().float().cpu().flatten()
+            values = values[torch.isfinite(values)]
+            if len(values):
+                self.train_writer.add_histogram(f"weights/{name}", values, global_step)
 
     def hparams(self, config: dict[str, Any], history: Sequence[EpochRecord]) -> None:
         """The run's hyperparameters and final metrics for TensorBoard's HParams dashboard.
@@ -178,3 +193,21 @@ class RunLogger:
     def close(self) -> None:
         self.train_writer.close()
         self.validation_writer.close()
+
+
+def closing_report(run_dir: Path, history: Sequence[EpochRecord], samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                   class_names: Sequence[str], print_fn: Callable[[str], None] = print) -> None:
+    """The end of a run: curves and sample PNGs in run_dir/plots, and the closing lines.
+
+    samples: (images (N, C, 28, 28) uint8, true labels (N,), predicted labels (N,)) of validation images.
+    """
+    from mnist_cnn.plots import plot_curves, plot_samples
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_curves(history, plots / "curves.png")
+    plot_samples(*samples, class_names, plots / "samples.png")
+    best = max(history, key=lambda r: r.validation_accuracy)
+    print_fn(f"Best validation accuracy {best.validation_accuracy:.4f} at epoch {best.epoch}. "
+             f"Run saved in {run_dir} (view with: tensorboard --logdir {run_dir.parent})")
+    print_fn(f"Plots: {plots / 'curves.png'}, {plots / 'samples.png'}; test accuracy: mnist-cnn evaluate {run_dir}")

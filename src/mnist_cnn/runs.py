@@ -1,7 +1,7 @@
 """Run directories: where a training run keeps everything, and how other commands find it.
 
     runs/<name>/
-        run.json            status (running / interrupted / failed / complete), times, command
+        run.json            status (running / interrupted / stopped / failed / complete), times
         config.json         the resolved TrainConfig
         environment.json    versions, device, threads, seed
         checkpoint.pt       latest full training state (see checkpoint.py)
@@ -12,18 +12,21 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import os
 import platform
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable, Iterator
 
 import torch
 
-from mnist_cnn.checkpoint import atomic_write_bytes, load_checkpoint, load_model_state
-from mnist_cnn.errors import CheckpointError, UsageError
+from mnist_cnn.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_state, read_run_info,
+                                  remove_stale_temp_files, save_checkpoint)
+from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
+from mnist_cnn.fileio import read_json, write_json  # noqa: F401  (re-exported: callers import them from here)
 
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"  # held (flock) by the one process training the run; the OS drops it when that process dies
@@ -33,33 +36,35 @@ def now_iso() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
-
-
 def default_run_name(preset: str) -> str:
     return f"{preset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
-    """Make a fresh run directory; an existing one is replaced only with `force`."""
+def check_new_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
+    """Where a new run named `name` would go, after every check `create_run_dir` makes that
+    creates nothing (so a bad name fails before data are loaded): a plain name, and a free one
+    unless `force` (or the run there failed before its first checkpoint)."""
     if not name or name in (".", "..") or Path(name).name != name:
         raise UsageError(f"run name {name!r} must be a plain directory name (use --out for the parent directory)")
     path = Path(out_dir) / name
+    existing = next(p for p in path.absolute().parents if p.exists())  # "/" at worst
+    if not path.exists() and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        why = "not a directory" if not existing.is_dir() else "not writable"
+        raise UsageError(f"cannot create run directory {path}: {existing} is {why}")
     if path.exists():
-        if not force:
+        if not force and not failed_before_first_checkpoint(path):
             raise UsageError(
                 f"run directory {path} already exists; pass --force to replace it, "
                 f"--name to pick another, or --resume {path} to continue it")
         if not (path / "run.json").exists() and any(path.iterdir()):
             raise UsageError(f"{path} exists and is not an mnist-cnn run; refusing to delete it even with --force")
+    return path
+
+
+def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
+    """Make a fresh run directory; an existing one is replaced only with `force`."""
+    path = check_new_run_dir(out_dir, name, force)
+    if path.exists():
         lock_run(path).close()  # refuses while another process trains in it
         shutil.rmtree(path)
     try:
@@ -67,6 +72,17 @@ def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
     except OSError as e:
         raise UsageError(f"cannot create run directory {path}: {e.strerror}") from None
     return path
+
+
+def failed_before_first_checkpoint(run_dir: Path) -> bool:
+    """A run that failed before it saved anything to resume: its name may be used again."""
+    if run_dir.is_symlink():
+        return False
+    try:
+        status = read_run_info(run_dir)["status"]
+    except (MnistCnnError, OSError):
+        return False
+    return status == "failed" and not (run_dir / CHECKPOINT).exists()
 
 
 def lock_run(run_dir: Path) -> IO[str]:
@@ -149,3 +165,79 @@ def load_trained(run: str | Path, device: str | torch.device = "cpu") -> Trained
     if (run_dir / "run.json").is_file():
         status = read_json(run_dir / "run.json").get("status", "unknown")
     return TrainedModel(model, state["config"], class_names, run_dir, status)
+
+
+class TrainingRun:
+    """One training process's hold on its run directory: the lock, run.json's status, and the
+    files only the main process writes. With `writes=False` (torchrun ranks other than 0)
+    every write is skipped, so the loop calls these the same way on every rank."""
+
+    def __init__(self, run_dir: Path, writes: bool, resumed_from_step: int | None) -> None:
+        self.dir = Path(run_dir)
+        self.writes = writes
+        self.info: dict[str, Any] = {"status": "running", "started": now_iso(), "resumed_from_step": resumed_from_step}
+        self._lock: IO[str] | None = None
+
+    def claim(self) -> None:
+        """Lock the run (a second training process is refused here) and mark it running."""
+        if not self.writes:
+            return
+        self._lock = lock_run(self.dir)
+        if self.info["resumed_from_step"] is not None:
+            remove_stale_temp_files(self.dir)  # left by writes a kill -9 cut short; nobody else writes here now
+        write_json(self.dir / "run.json", self.info)
+
+    def write_json(self, name: str, value: Any) -> None:
+        if self.writes:
+            write_json(self.dir / name, value)
+
+    def save_checkpoint(self, state_dict: Callable[[], dict[str, Any]]) -> None:
+        """Save `state_dict()` as the run's checkpoint (called only where this process writes)."""
+        if self.writes:
+            save_checkpoint(self.dir / CHECKPOINT, state_dict())
+
+    def set_status(self, status: str, best_effort: bool = False) -> None:
+        """run.json's status; `best_effort`: a status that cannot be written (full disk) must not
+        hide the error being reported."""
+        stamp = "finished" if status in ("complete", "stopped") else "stopped"
+        try:
+            self.write_json("run.json", {**self.info, "status": status, stamp: now_iso()})
+        except OSError:
+            if not best_effort:
+                raise
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+@contextmanager
+def training_run(run_dir: Path, writes: bool, resumed_from_step: int | None,
+                 barrier: Callable[[], None] = lambda: None) -> Iterator[TrainingRun]:
+    """Hold `run_dir` for one training call; on the way out of an error, record why in run.json.
+
+    An exception with a `run_status` attribute (an interrupt: "interrupted") sets that status,
+    any other sets "failed"; file-system errors become one line naming what could not be written.
+    `barrier` lets every torchrun rank wait for rank 0 to finish writing before they all exit.
+    """
+    run = TrainingRun(run_dir, writes, resumed_from_step)
+    run.claim()
+    try:
+        yield run
+    except BaseException as e:
+        run.set_status(getattr(e, "run_status", "failed"), best_effort=True)
+        if getattr(e, "run_status", None):
+            barrier()
+        if isinstance(e, (OSError, CheckpointWriteError)):  # full disk, lost mount, read-only directory...
+            raise MnistCnnError(_write_failure(e, run_dir)) from e
+        raise
+    finally:
+        run.release()
+
+
+def _write_failure(e: OSError | CheckpointWriteError, run_dir: Path) -> str:
+    reason = str(e) if isinstance(e, CheckpointWriteError) else f"cannot write {e.filename or run_dir}: {e.strerror or e}"
+    if (run_dir / CHECKPOINT).is_file():
+        reason += f". Once that is fixed, resume with: mnist-cnn train --resume {run_dir}"
+    return reason

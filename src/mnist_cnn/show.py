@@ -115,9 +115,8 @@ def show_run(run: str | Path, index: int | None = 0, image: str | Path | None = 
     layer of one image (test image `index`, or the file `image`), into out_dir (default RUN/show)."""
     import matplotlib.pyplot as plt
 
-    from mnist_cnn.inference import is_onnx, load_classifier
+    from mnist_cnn.inference import is_onnx, load_classifier, to_input
     from mnist_cnn.outputs import OutputDir
-    from mnist_cnn.train import to_input
 
     if is_onnx(run):
         raise UsageError("show needs the PyTorch run (its layers), not an exported .onnx file")
@@ -154,7 +153,7 @@ def show_run(run: str | Path, index: int | None = 0, image: str | Path | None = 
         figures[f"filters/{n}"] = plot_filters(n, conv, path)
         result.files[f"filters/{n}"] = str(path)
     path = next(paths)
-    figures[f"{stem}/input"] = plot_feature_maps("input", pixels.float() / 255, path, caption)
+    figures[f"{stem}/input"] = plot_feature_maps("input", to_input(pixels, channels_last=False), path, caption)
     result.files["input"] = str(path)
     for n, m in maps.items():
         path = next(paths)

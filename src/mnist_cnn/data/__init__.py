@@ -3,8 +3,9 @@
     from mnist_cnn.data import load_dataset
     ds = load_dataset("mnist")        # ds.train / ds.validation / ds.test: uint8 images, int64 labels
 """
+from mnist_cnn.data.dataset import Dataset, Split
 from mnist_cnn.data.idx import read_idx, write_idx
-from mnist_cnn.data.load import Dataset, Split, load_dataset
+from mnist_cnn.data.load import load_dataset
 from mnist_cnn.data.registry import DATASETS, DatasetSpec, FileSpec
 from mnist_cnn.data.sources import cache_root
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_cnn.data.load import Dataset, Split
+from mnist_cnn.data.dataset import Dataset, Split
 from mnist_cnn.errors import DataError, UsageError
 
 NAME = "folder"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from mnist_cnn.errors import DataError
+from mnist_cnn.fileio import atomic_write_bytes as atomic_write  # the one atomic write; sources.py imports it from here
 
 # IDX dtype code -> numpy dtype as stored on disk (multi-byte types are big-endian).
 _CODE_TO_DTYPE: dict[int, np.dtype] = {
@@ -102,30 +102,10 @@ def encode_idx(array: np.ndarray) -> bytes:
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
-    """Write `array` as IDX, gzip-compressed when the name ends in .gz. Atomic (see atomic_write)."""
+    """Write `array` as IDX, gzip-compressed when the name ends in .gz. Atomic (fileio.atomic_write_bytes)."""
     path = Path(path)
     data = encode_idx(array)
     if path.suffix == ".gz":
         # mtime=0: identical arrays give identical files (stable checksums).
         data = gzip.compress(data, compresslevel=6, mtime=0)
     atomic_write(path, data)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, then rename over `path`, so readers
-    (other processes included) see either the old file or the complete new one, never a part.
-    OSError (read-only dir, disk full) propagates; callers turn it into a message."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; data sets are not secret
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

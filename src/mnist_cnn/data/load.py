@@ -3,34 +3,44 @@ from __future__ import annotations
 
 import operator
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mnist_cnn.data.dataset import Dataset, Split
 from mnist_cnn.data.registry import get_spec
 from mnist_cnn.data.sources import fetch_arrays
 from mnist_cnn.errors import UsageError
 
 
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # (N, 1, 28, 28) uint8, raw pixels 0..255 as in the IDX file
-    labels: torch.Tensor  # (N,) int64
+def check_request(name: str, data_dir: str | Path | None = None, validation_size: int = 5000) -> int | None:
+    """The checks `load_dataset` makes before touching any data file, as a UsageError.
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass(frozen=True)
-class Dataset:
-    name: str                     # registry name: "mnist", "fashion-mnist", ...
-    class_names: tuple[str, ...]  # index = label
-    train: Split
-    validation: Split
-    test: Split
-    source: str                   # where the files came from, for humans
+    Returns the size of the official training file (train + validation images), or None for
+    `folder`, whose size is known only once its images are read.
+    """
+    if name == "folder":
+        if data_dir is None:
+            raise UsageError("dataset folder needs --data-dir DIR holding DIR/<class>/*.png "
+                             "(or DIR/train/<class>/ and DIR/test/<class>/)")
+        return None
+    spec = get_spec(name)
+    n_train = spec.file("train_images").count
+    try:
+        if isinstance(validation_size, bool):
+            raise TypeError
+        validation_size = operator.index(validation_size)
+    except TypeError:
+        raise UsageError(f"validation size must be an integer, got {validation_size!r}") from None
+    if not 0 <= validation_size < n_train:
+        raise UsageError(
+            f"validation size must be between 0 and {n_train - 1} for {spec.name} "
+            f"({n_train} training images), got {validation_size}"
+        )
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise UsageError(f"data dir {Path(data_dir).expanduser()} does not exist or is not a directory")
+    return n_train
 
 
 def load_dataset(
@@ -50,30 +60,13 @@ def load_dataset(
     `name="folder"` reads people's own images from `data_dir` instead (one folder per class;
     see mnist_cnn.data.folder for the layout and how images are converted and split).
     """
+    check_request(name, data_dir, validation_size)
     if name == "folder":
         from mnist_cnn.data.folder import load_folder
 
-        if data_dir is None:
-            raise UsageError("dataset folder needs --data-dir DIR holding DIR/<class>/*.png "
-                             "(or DIR/train/<class>/ and DIR/test/<class>/)")
         return load_folder(data_dir, validation_size)
     spec = get_spec(name)
-    n_train = spec.file("train_images").count
-    try:
-        if isinstance(validation_size, bool):
-            raise TypeError
-        validation_size = operator.index(validation_size)
-    except TypeError:
-        raise UsageError(f"validation size must be an integer, got {validation_size!r}") from None
-    if not 0 <= validation_size < n_train:
-        raise UsageError(
-            f"validation size must be between 0 and {n_train - 1} for {spec.name} "
-            f"({n_train} training images), got {validation_size}"
-        )
-    if data_dir is not None:
-        data_dir = Path(data_dir).expanduser()
-        if not data_dir.is_dir():
-            raise UsageError(f"data dir {data_dir} does not exist or is not a directory")
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else None
     if progress is None:
         progress = sys.stderr is not None and sys.stderr.isatty()
 
@@ -90,7 +83,7 @@ def load_dataset(
         return torch.from_numpy(arrays[key].astype(np.int64))
 
     train_x, train_y = images("train_images"), labels("train_labels")
-    v = validation_size
+    v = operator.index(validation_size)
     return Dataset(
         name=spec.name,
         class_names=spec.class_names,

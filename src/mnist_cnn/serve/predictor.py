@@ -1,8 +1,8 @@
-"""The model side of `mnist-cnn serve`: a run loaded once, answering images from many threads.
+"""The model side of `mnist-cnn serve`: a trained model loaded once, answering images from many threads.
 
 Each request decodes and preprocesses its image in its own thread (PIL and NumPy release the
-GIL); the forward pass runs under a lock: one 28x28 image costs well under a millisecond, and a
-shared module behind a lock is safe on any device.
+GIL); the forward pass (inference.Classifier, PyTorch or ONNX Runtime) runs under a lock: one
+28x28 image costs well under a millisecond, and a shared model behind a lock is safe on any device.
 """
 from __future__ import annotations
 
@@ -16,36 +16,36 @@ from typing import Any
 import torch
 from PIL import Image
 
+from mnist_cnn.inference import load_classifier
 from mnist_cnn.preprocess import preprocess
-from mnist_cnn.runs import load_trained
-from mnist_cnn.train import select_device, to_input
 
 
 class Predictor:
-    """A trained run, loaded once, answering `predict(image_bytes)` from many threads."""
+    """A trained model (run directory, .pt or .onnx), loaded once, answering `predict(image_bytes)`
+    from many threads."""
 
     def __init__(self, run: str | Path, device: str = "auto") -> None:
-        trained = load_trained(run, select_device(device))
-        self.model = trained.model
-        self.class_names = trained.class_names
-        self.run_dir = trained.run_dir
+        self.classifier = load_classifier(run, device)
+        self.class_names = self.classifier.class_names
+        self.run_dir = self.classifier.run_dir or self.classifier.source  # what the console line names
+        config = self.classifier.config
         self.info: dict[str, Any] = {
-            "run": trained.run_dir.name,
-            "model": trained.config.get("model", "?"),
-            "dataset": trained.config.get("dataset", "?"),
-            "status": trained.status,
-            "class_names": list(trained.class_names),
+            "run": Path(self.run_dir).name,
+            "model": config.get("model", "?"),
+            "dataset": config.get("dataset", "?"),
+            "status": self.classifier.status,
+            "class_names": list(self.class_names),
         }
-        self.device = next(self.model.parameters()).device
+        model = self.classifier.model
+        self.device = next(model.parameters()).device if model is not None else "cpu (ONNX Runtime)"
         self._lock = threading.Lock()
 
     def predict(self, image_bytes: bytes) -> dict[str, Any]:
         """Encoded image -> the API's JSON answer. Raises ImageError for unusable images."""
         start = time.perf_counter()
         pre = preprocess(image_bytes)                       # (1, 28, 28) uint8, white ink on black
-        x = to_input(pre.image[None].to(self.device), channels_last=False)  # (1, 1, 28, 28) float
-        with self._lock, torch.inference_mode():
-            probs = torch.softmax(self.model(x).float(), dim=1)[0].cpu()  # the one host sync
+        with self._lock:
+            probs = self.classifier.probabilities(pre.image[None])[0]  # (classes,) on the CPU
         best = int(probs.argmax())
         return {
             "prediction": best,
