@@ -42,7 +42,8 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="parent directory of run directories (default: runs)")
     p.add_argument("--name", type=path_arg("run name"),
                    help="run directory name: no '/', control characters or more than 255 bytes (default: <preset>-<date>-<time>)")
-    p.add_argument("--force", action="store_true", help="replace an existing run directory of the same name")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run directory of the same name (never a symbolic link, nor a folder that is not a run)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: only on a terminal)")
     group = p.add_argument_group("config overrides (defaults shown are the 'default' preset's)")
