@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 
 import numpy as np
@@ -136,3 +137,21 @@ def test_property_plausible_headers_only_data_error(code, dims, body, gz, cut):
     if gz:
         data = gzip.compress(data)[: max(0, len(data) - cut) or None]
     _only_data_error(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(dims=st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 8), min_size=1, max_size=4),
+       body=st.binary(max_size=100), extra=st.integers(0, 3000), gz=st.booleans(),
+       max_bytes=st.none() | st.integers(0, 200))
+def test_property_bounded_reader_never_passes_its_limit(dims, body, extra, gz, max_bytes):
+    """read_idx_bytes returns at most the size the header declares (and max_bytes), or raises
+    DataError; never anything else, whatever the header, body and compression."""
+    from mnist_cnn.data.idx import idx_size, read_idx_bytes
+
+    data = bytes([0, 0, 0x08, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + body + bytes(extra)
+    try:
+        out = read_idx_bytes(io.BytesIO(gzip.compress(data) if gz else data), "x", max_bytes)
+    except DataError:
+        return
+    assert out == data[:len(out)]
+    assert len(out) <= min(idx_size(data), max_bytes if max_bytes is not None else len(data))

@@ -12,6 +12,19 @@ from typing import Callable, Sequence
 from mnist_cnn.errors import MnistCnnError, UsageError
 
 
+def path_arg(what: str) -> Callable[[str], str]:
+    """argparse `type` for names that become files or folders: refused (one line, exit 2) before
+    anything is created when empty, holding control characters, or too long for the file system."""
+    def check(value: str) -> str:
+        from mnist_cnn.runs import check_path_name
+
+        try:
+            return check_path_name(value, what)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return check
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's default prints the whole usage block
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -25,9 +38,12 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="named starting config: 'seed' is the lesson exactly, 'default' the lesson's network trained the modern way, "
                         "'fast' a small net reaching 99%% in seconds, 'best' the most accurate recipe (default: default)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--out", default="runs", metavar="DIR", help="parent directory of run directories (default: runs)")
-    p.add_argument("--name", help="run directory name (default: <preset>-<date>-<time>)")
-    p.add_argument("--force", action="store_true", help="replace an existing run directory of the same name")
+    p.add_argument("--out", default="runs", metavar="DIR", type=path_arg("path"),
+                   help="parent directory of run directories (default: runs)")
+    p.add_argument("--name", type=path_arg("run name"),
+                   help="run directory name: no '/', control characters or more than 255 bytes (default: <preset>-<date>-<time>)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run directory of the same name (never a symbolic link, nor a folder that is not a run)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: only on a terminal)")
     group = p.add_argument_group("config overrides (defaults shown are the 'default' preset's)")
@@ -74,7 +90,8 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split (default: test)")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--out", metavar="DIR", help="where to write the report and figures (default: RUN/evaluation)")
+    p.add_argument("--out", metavar="DIR", type=path_arg("path"),
+                   help="where to write the report and figures (default: RUN/evaluation)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON instead of text")
     p.add_argument("--no-files", dest="files", action="store_false",
                    help="only print; write no PNG/JSON/TensorBoard files")
@@ -132,7 +149,8 @@ def add_predict(p: argparse.ArgumentParser) -> None:
                    help="image files (PNG, JPEG, BMP, GIF, WebP, TIFF) or directories of them")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes shown per image (default: 3)")
     p.add_argument("--json", action="store_true", help="print one JSON list of results")
-    p.add_argument("--save-preprocessed", metavar="DIR", help="write the 28x28 image the model saw, per file")
+    p.add_argument("--save-preprocessed", metavar="DIR", type=path_arg("path"),
+                   help="write the 28x28 image the model saw, per file")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
@@ -158,7 +176,8 @@ def run_predict(args: argparse.Namespace) -> int:
 def add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run directory or a .pt checkpoint file")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="file format (default: onnx)")
-    p.add_argument("--out", metavar="FILE", help="output file (default: RUN/model.onnx; for a checkpoint file X.pt, X.onnx beside it)")
+    p.add_argument("--out", metavar="FILE", type=path_arg("path"),
+                   help="output file (default: RUN/model.onnx; for a checkpoint file X.pt, X.onnx beside it)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first (for the parity check)")
 
@@ -184,7 +203,7 @@ def add_show(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--index", type=int, default=None, metavar="N", help="test image number (default: 0)")
     which.add_argument("--image", metavar="FILE", help="your own image file instead of a test image")
-    p.add_argument("--out", metavar="DIR", help="where to write the PNGs (default: RUN/show)")
+    p.add_argument("--out", metavar="DIR", type=path_arg("path"), help="where to write the PNGs (default: RUN/show)")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
 
@@ -207,7 +226,7 @@ def run_show(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- export-csv
 def add_export_csv(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="run directory holding train/ and validation/ event files")
-    p.add_argument("--out", metavar="DIR", help="where to write the CSV files (default: RUN/csv)")
+    p.add_argument("--out", metavar="DIR", type=path_arg("path"), help="where to write the CSV files (default: RUN/csv)")
 
 
 def run_export_csv(args: argparse.Namespace) -> int:
@@ -258,7 +277,7 @@ def run_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- compare
 def add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", metavar="RUN", nargs="+", help="run directories to put side by side")
-    p.add_argument("--plot", metavar="FILE", default="compare.png",
+    p.add_argument("--plot", metavar="FILE", default="compare.png", type=path_arg("path"),
                    help="PNG of their validation curves (default: compare.png; an existing file is replaced)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="print the table only")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")

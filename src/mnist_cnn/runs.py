@@ -40,13 +40,56 @@ def default_run_name(preset: str) -> str:
     return f"{preset}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_path_name(name: str, what: str = "run name") -> str:
+    """Refuse a user-given file or directory name the OS or a terminal would trip on: empty,
+    holding control characters (C0, DEL, C1: they would print raw into terminals and logs), or
+    longer than the file system's limit per name (255 bytes on ext4, APFS, NTFS). Returns `name`.
+    Called before anything is created, by the CLI (--name, --out) and create_run_dir."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{what} is empty; give a name, or leave the option out for the default")
+    bad = sorted({c for c in name if ord(c) < 32 or 127 <= ord(c) < 160})
+    if bad:
+        shown = ascii(name if len(name) <= 60 else name[:60] + "...")
+        raise UsageError(f"{what} {shown} holds control characters ({', '.join(ascii(c) for c in bad)}); "
+                         "use letters, digits, '-', '_' or '.'")
+    longest = max(name.split(os.sep), key=lambda part: len(os.fsencode(part)))
+    limit = _path_limit("PC_NAME_MAX", 255)
+    if len(os.fsencode(longest)) > limit:
+        raise UsageError(f"{what} {ascii(longest[:40] + '...')} is {len(os.fsencode(longest))} bytes long; "
+                         f"the file system allows at most {limit} bytes per name")
+    return name
+
+
+def _path_limit(which: str, default: int, where: str | Path = ".") -> int:
+    """os.pathconf's limit for the nearest existing folder at or above `where`, else `default`."""
+    folder = Path(where).absolute()
+    for candidate in (folder, *folder.parents):
+        try:
+            return os.pathconf(candidate, which)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, ValueError, AttributeError):  # too long, not POSIX, or the file system will not say
+            break
+    return default
+
+
 def check_new_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
     """Where a new run named `name` would go, after every check `create_run_dir` makes that
-    creates nothing (so a bad name fails before data are loaded): a plain name, and a free one
-    unless `force` (or the run there failed before its first checkpoint)."""
-    if not name or name in (".", "..") or Path(name).name != name:
+    creates nothing (so a bad name fails before data are loaded): a plain name the file system
+    takes, a path within its limit, never a symlink, and a free name unless `force` (or the run
+    there failed before its first checkpoint)."""
+    check_path_name(name)
+    check_path_name(str(Path(out_dir)), "output folder")
+    if name in (".", "..") or Path(name).name != name:
         raise UsageError(f"run name {name!r} must be a plain directory name (use --out for the parent directory)")
     path = Path(out_dir) / name
+    path_max = _path_limit("PC_PATH_MAX", 4096, out_dir)
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        raise UsageError(f"run directory path is {len(os.fsencode(str(path.absolute())))} bytes long; the "
+                         f"system allows {path_max - 1}: use a shorter --out or --name")
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link (to {os.readlink(path)}), not a run directory; nothing was "
+                         "replaced or deleted (--force never follows links): remove the link yourself or pick another --name")
     existing = next(p for p in path.absolute().parents if p.exists())  # "/" at worst
     if not path.exists() and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
         why = "not a directory" if not existing.is_dir() else "not writable"
@@ -66,7 +109,11 @@ def create_run_dir(out_dir: str | Path, name: str, force: bool = False) -> Path:
     path = check_new_run_dir(out_dir, name, force)
     if path.exists():
         lock_run(path).close()  # refuses while another process trains in it
-        shutil.rmtree(path)
+        try:
+            # rmtree removes links found inside without following them (fd-based, race-safe).
+            shutil.rmtree(path)
+        except OSError as e:
+            raise UsageError(f"cannot replace {path}: {e.strerror or e}") from None
     try:
         path.mkdir(parents=True)
     except OSError as e:

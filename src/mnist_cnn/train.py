@@ -337,7 +337,7 @@ def _resume_point(resume: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _new_run_dir(config: TrainConfig, out_dir: str | Path, name: str | None, force: bool) -> Path:
-    path = create_run_dir(out_dir, name or default_run_name(config.preset), force)
+    path = create_run_dir(out_dir, name if name is not None else default_run_name(config.preset), force)
     write_json(path / "config.json", cfg.to_dict(config))
     return path
 

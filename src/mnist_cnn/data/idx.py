@@ -10,9 +10,11 @@ readers, whatever the bytes (the hypothesis tests hold us to that).
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -31,6 +33,7 @@ _CODE_TO_DTYPE: dict[int, np.dtype] = {
 _KIND_SIZE_TO_CODE = {(dt.kind, dt.itemsize): code for code, dt in _CODE_TO_DTYPE.items()}
 
 GZIP_MAGIC = b"\x1f\x8b"
+_READ_CHUNK = 1 << 20  # bytes per read in read_idx_bytes
 
 
 def maybe_gunzip(data: bytes, origin: str = "<bytes>") -> bytes:
@@ -78,13 +81,62 @@ def parse_idx(data: bytes, origin: str = "<bytes>") -> np.ndarray:
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an IDX file, plain or gzip-compressed."""
+    """Read an IDX file, plain or gzip-compressed (memory bounded: see read_idx_bytes)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as stream:
+            data = read_idx_bytes(stream, str(path))
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return parse_idx(maybe_gunzip(data, str(path)), str(path))
+    return parse_idx(data, str(path))
+
+
+def idx_size(header: bytes) -> int | None:
+    """Total bytes (header + data) the IDX header at the start of `header` declares, or None
+    while the header is incomplete or not IDX (parse_idx then says what is wrong)."""
+    if len(header) < 4 or header[0] or header[1] or header[2] not in _CODE_TO_DTYPE or header[3] == 0:
+        return None
+    size = 4 + 4 * header[3]
+    if len(header) < size:
+        return None
+    dims = np.frombuffer(header, dtype=">u4", count=header[3], offset=4)
+    # Python ints: a hostile header cannot overflow this.
+    return size + _CODE_TO_DTYPE[header[2]].itemsize * int(np.prod([int(d) for d in dims], dtype=object))
+
+
+def read_idx_bytes(stream: BinaryIO, origin: str, max_bytes: int | None = None) -> bytes:
+    """The uncompressed IDX bytes of `stream` (plain or gzip, told apart by content), read in
+    1 MiB chunks and refused as soon as they pass the size the IDX header declares (or
+    `max_bytes`, the size the registry knows): a 4 MB .gz that inflates to 4 GiB costs one chunk
+    past the real size, never the 4 GiB. Memory: about twice the allowed size (buffer +
+    result), whatever the input. Every IDX file the data chain reads (data dir, cache, download,
+    zip member, Debian copy) goes through here."""
+    if not hasattr(stream, "peek"):
+        stream = io.BufferedReader(stream)  # type: ignore[arg-type]
+    is_gz = stream.peek(2)[:2] == GZIP_MAGIC  # type: ignore[attr-defined]
+    reader: BinaryIO = gzip.GzipFile(fileobj=stream, mode="rb") if is_gz else stream
+    out = bytearray()
+    limit = max_bytes
+    declared: int | None = None
+    try:
+        while True:
+            room = _READ_CHUNK if limit is None else min(_READ_CHUNK, limit + 1 - len(out))
+            chunk = reader.read(room)
+            if not chunk:
+                break
+            out += chunk
+            if declared is None and (declared := idx_size(out[:4 + 4 * 255])) is not None:
+                limit = declared if max_bytes is None else min(declared, max_bytes)
+            elif declared is None and len(out) >= 4 + 4 * 255:
+                break  # not IDX: the first chunk is enough for parse_idx to say so
+            if limit is not None and len(out) > limit:
+                what = "decompresses to" if is_gz else "holds"
+                allows = "its IDX header declares" if limit == declared else "the data set registry expects"
+                raise DataError(f"{origin}: {what} more than {limit} bytes, the size {allows}; stopped "
+                                "reading there (a corrupt file, or a decompression bomb)")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{origin}: corrupt gzip data ({exc})") from exc
+    return bytes(out)
 
 
 def encode_idx(array: np.ndarray) -> bytes:

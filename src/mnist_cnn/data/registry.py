@@ -42,6 +42,14 @@ class FileSpec:
     def shape(self) -> tuple[int, ...]:
         return (self.count, IMAGE_SIZE, IMAGE_SIZE) if self.is_images else (self.count,)
 
+    @property
+    def idx_bytes(self) -> int:
+        """Size of the uncompressed IDX file: header (4 + 4 per dim) + one uint8 per value."""
+        values = 1
+        for d in self.shape:
+            values *= d
+        return 4 + 4 * len(self.shape) + values
+
     def local_names(self) -> tuple[str, ...]:
         """Names looked for in a directory, in order of preference (plain before .gz)."""
         bases = (self.name, *self.aliases)

