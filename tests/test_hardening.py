@@ -164,7 +164,7 @@ def test_flipped_byte_in_cache_is_kept_aside_until_a_verified_copy_arrives(data_
     aside = cache / "train-images-idx3-ubyte.corrupt"
 
     # Offline: every source fails; the one line says where the bad copy is.
-    argv = ["train", "--dataset", "tiny", "--validation-size", "2", "--epochs", "1", "--threads", "1",
+    argv = ["train", "--dataset", "tiny", "--validation-size", "2", "--epochs", "1", "--batch-size", "2", "--threads", "1",
             "--out", str(tmp_path / "runs"), "--name", "offline"]
     line = one_line(*run_cli(argv, capsys)[::2], RUNTIME)
     assert f"kept aside as {aside}" in line and "MD5" in line
