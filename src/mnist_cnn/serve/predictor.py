@@ -1,14 +1,13 @@
-"""The model side of `mnist-cnn serve`: a run loaded once, answering images from many threads.
+"""The model side of `mnist-cnn serve`: a classifier loaded once, answering encoded images.
 
-Each request decodes and preprocesses its image in its own thread (PIL and NumPy release the
-GIL); the forward pass runs under a lock: one 28x28 image costs well under a millisecond, and a
-shared module behind a lock is safe on any device.
+The forward pass is `Classifier.logits` (the shared loader: a run directory or an .onnx file);
+this module adds what the API returns around it: probabilities, the label, and the 28x28 view the
+network saw as a PNG data URL. It runs in worker threads, a few at a time (the app's limiter).
 """
 from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,50 +15,80 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mnist_cnn.preprocess import preprocess
-from mnist_cnn.runs import load_trained
-from mnist_cnn.train import select_device, to_input
+from mnist_cnn.inference import Classifier, load_classifier
+from mnist_cnn.preprocess import ImageError, Preprocessed, preprocess
 
 
 class Predictor:
-    """A trained run, loaded once, answering `predict(image_bytes)` from many threads."""
+    """A classifier and its description, answering `predict_many([image_bytes, ...])`."""
 
     def __init__(self, run: str | Path, device: str = "auto") -> None:
-        trained = load_trained(run, select_device(device))
-        self.model = trained.model
-        self.class_names = trained.class_names
-        self.run_dir = trained.run_dir
+        self.classifier: Classifier = load_classifier(run, device)
+        c = self.classifier
+        self.class_names = list(c.class_names)
+        self.source = c.run_dir or c.source
+        self.device = next(c.model.parameters()).device if c.model is not None else "cpu (ONNX Runtime)"
         self.info: dict[str, Any] = {
-            "run": trained.run_dir.name,
-            "model": trained.config.get("model", "?"),
-            "dataset": trained.config.get("dataset", "?"),
-            "status": trained.status,
-            "class_names": list(trained.class_names),
+            "run": self.source.name,
+            "model": c.config.get("model", "?"),
+            "dataset": c.config.get("dataset", "?"),
+            "status": run_status(c),
+            "class_names": self.class_names,
         }
-        self.device = next(self.model.parameters()).device
-        self._lock = threading.Lock()
 
-    def predict(self, image_bytes: bytes) -> dict[str, Any]:
-        """Encoded image -> the API's JSON answer. Raises ImageError for unusable images."""
+    def probabilities(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) uint8 -> (N, classes) float32 on the CPU, rows summing to 1."""
+        with torch.inference_mode():
+            return torch.softmax(self.classifier.logits(images_u8).float(), dim=1)
+
+    def predict_many(self, images: list[bytes]) -> list[dict[str, Any] | ImageError]:
+        """Encoded images -> one API answer each, or the ImageError that image raised.
+
+        The usable images go through the network in one forward pass.
+        """
         start = time.perf_counter()
-        pre = preprocess(image_bytes)                       # (1, 28, 28) uint8, white ink on black
-        x = to_input(pre.image[None].to(self.device), channels_last=False)  # (1, 1, 28, 28) float
-        with self._lock, torch.inference_mode():
-            probs = torch.softmax(self.model(x).float(), dim=1)[0].cpu()  # the one host sync
-        best = int(probs.argmax())
+        views: list[Preprocessed | ImageError] = []
+        for data in images:
+            try:
+                views.append(preprocess(data))          # (1, 28, 28) uint8, white ink on black
+            except ImageError as e:
+                views.append(e)
+        good = [v for v in views if isinstance(v, Preprocessed)]
+        probs = self.probabilities(torch.stack([v.image for v in good])).tolist() if good else []
+        ms = round((time.perf_counter() - start) * 1000, 1)
+        answers: list[dict[str, Any] | ImageError] = []
+        for v in views:
+            answers.append(v if isinstance(v, ImageError) else self.answer(v, probs.pop(0), ms))
+        return answers
+
+    def answer(self, view: Preprocessed, probs: list[float], ms: float) -> dict[str, Any]:
+        best = max(range(len(probs)), key=probs.__getitem__)
         return {
             "prediction": best,
             "label": self.class_names[best],
-            "probabilities": [round(float(p), 6) for p in probs],
-            "class_names": list(self.class_names),
-            "image": png_data_url(pre.image[0]),
-            "inverted": pre.inverted,
-            "ms": round((time.perf_counter() - start) * 1000, 1),
+            "probabilities": [round(p, 6) for p in probs],
+            "class_names": self.class_names,
+            "image": png_data_url(view.image[0]),
+            "inverted": view.inverted,
+            "ms": ms,
         }
+
+
+def run_status(classifier: Classifier) -> str:
+    """"complete", "interrupted", ... from a run's run.json; "exported" for an .onnx file."""
+    if classifier.run_dir is None:
+        return "exported"
+    from mnist_cnn.runs import read_json
+
+    try:
+        return str(read_json(classifier.run_dir / "run.json").get("status", "unknown"))
+    except Exception:  # noqa: BLE001 (a missing or damaged run.json only loses this label)
+        return "unknown"
 
 
 def png_data_url(image_u8: torch.Tensor) -> str:
     """(H, W) uint8 -> "data:image/png;base64,..." (what the page shows as the network's view)."""
     buf = io.BytesIO()
-    Image.fromarray(image_u8.cpu().numpy()).save(buf, format="PNG")  # 2-D uint8: mode "L"
+    # 2-D uint8 is mode "L"; level 1 compresses 784 bytes as well as 9 does, faster.
+    Image.fromarray(image_u8.numpy()).save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
