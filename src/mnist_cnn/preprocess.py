@@ -55,6 +55,13 @@ def sniff_format(head: bytes) -> str | None:
     return next((fmt for magic, fmt in MAGIC.items() if head.startswith(magic)), None)
 
 
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR, without decoding; None when `data` is not a PNG."""
+    if len(data) < 24 or not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def open_image(source: str | Path | bytes) -> Image.Image:
     """Decode an image file or bytes fully (so truncation is found here), within the pixel budget.
 

@@ -2,13 +2,15 @@
 
 The forward pass is `Classifier.logits` (the shared loader: a run directory or an .onnx file);
 this module adds what the API returns around it: probabilities, the label, and the 28x28 view the
-network saw as a PNG data URL. It runs in worker threads, a few at a time (the app's limiter).
+network saw as a PNG data URL. `prepare` runs in worker threads, a few at a time (the app's
+limiter); `probabilities` runs on batches gathered across requests (batching.py).
 """
 from __future__ import annotations
 
 import base64
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,11 @@ import torch
 from PIL import Image
 
 from mnist_cnn.inference import Classifier, load_classifier
-from mnist_cnn.preprocess import ImageError, Preprocessed, preprocess
+from mnist_cnn.preprocess import ImageError, preprocess
 
 
 class Predictor:
-    """A classifier and its description, answering `predict_many([image_bytes, ...])`."""
+    """A classifier and its description: `prepare` an image, `probabilities` of a batch, `answer`."""
 
     def __init__(self, run: str | Path, device: str = "auto") -> None:
         self.classifier: Classifier = load_classifier(run, device)
@@ -36,42 +38,53 @@ class Predictor:
             "class_names": self.class_names,
         }
 
-    def probabilities(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) uint8 -> (N, classes) float32 on the CPU, rows summing to 1."""
+    def probabilities(self, images_u8: torch.Tensor) -> list[list[float]]:
+        """(N, 1, 28, 28) uint8 -> N rows of class probabilities, each summing to 1."""
         with torch.inference_mode():
-            return torch.softmax(self.classifier.logits(images_u8).float(), dim=1)
+            return torch.softmax(self.classifier.logits(images_u8).float(), dim=1).tolist()
 
-    def predict_many(self, images: list[bytes]) -> list[dict[str, Any] | ImageError]:
-        """Encoded images -> one API answer each, or the ImageError that image raised.
+    def prepare(self, data: bytes) -> Prepared:
+        """Encoded image -> the network's input and the page's view of it (decode, preprocess, PNG).
 
-        The usable images go through the network in one forward pass.
-        """
+        Raises ImageError for an unusable image."""
         start = time.perf_counter()
-        views: list[Preprocessed | ImageError] = []
-        for data in images:
-            try:
-                views.append(preprocess(data))          # (1, 28, 28) uint8, white ink on black
-            except ImageError as e:
-                views.append(e)
-        good = [v for v in views if isinstance(v, Preprocessed)]
-        probs = self.probabilities(torch.stack([v.image for v in good])).tolist() if good else []
-        ms = round((time.perf_counter() - start) * 1000, 1)
-        answers: list[dict[str, Any] | ImageError] = []
-        for v in views:
-            answers.append(v if isinstance(v, ImageError) else self.answer(v, probs.pop(0), ms))
-        return answers
+        view = preprocess(data)                  # (1, 28, 28) uint8, white ink on black
+        return Prepared(view.image, view.inverted, png_data_url(view.image[0]), start)
 
-    def answer(self, view: Preprocessed, probs: list[float], ms: float) -> dict[str, Any]:
+    def answer(self, prepared: Prepared, probs: list[float]) -> dict[str, Any]:
         best = max(range(len(probs)), key=probs.__getitem__)
         return {
             "prediction": best,
             "label": self.class_names[best],
             "probabilities": [round(p, 6) for p in probs],
             "class_names": self.class_names,
-            "image": png_data_url(view.image[0]),
-            "inverted": view.inverted,
-            "ms": ms,
+            "image": prepared.image_url,
+            "inverted": prepared.inverted,
+            "ms": round((time.perf_counter() - prepared.start) * 1000, 1),
         }
+
+    def predict_many(self, images: list[bytes]) -> list[dict[str, Any] | ImageError]:
+        """Encoded images -> one API answer each, or the ImageError that image raised.
+
+        The usable images go through the network in one forward pass (the server batches across
+        requests instead, with serve.batching)."""
+        prepared: list[Prepared | ImageError] = []
+        for data in images:
+            try:
+                prepared.append(self.prepare(data))
+            except ImageError as e:
+                prepared.append(e)
+        good = [p for p in prepared if isinstance(p, Prepared)]
+        probs = iter(self.probabilities(torch.stack([p.image for p in good])) if good else [])
+        return [p if isinstance(p, ImageError) else self.answer(p, next(probs)) for p in prepared]
+
+
+@dataclass
+class Prepared:
+    image: torch.Tensor      # (1, 28, 28) uint8, the network's input
+    inverted: bool
+    image_url: str           # the same as a PNG data URL
+    start: float             # perf_counter() when its request's work began
 
 
 def run_status(classifier: Classifier) -> str:
