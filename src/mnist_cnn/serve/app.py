@@ -153,7 +153,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None,
         return json_response(200, {"results": [{"error": str(p), "status": 422} if isinstance(p, ImageError)
                                                else predictor.answer(p, next(rows)) for p in prepared]})
 
-    @app.get("/api/info", response_model=Info, summary="The run being served")
+    @app.api_route("/api/info", methods=["GET", "HEAD"], response_model=Info, summary="The run being served")
     async def get_info() -> Response:
         return json_response(200, info)
 
@@ -165,10 +165,16 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None,
         return Response(static[name], 200, headers, CONTENT_TYPES[name[name.rindex("."):]])
 
     for path in STATIC:
-        app.add_api_route(path, page, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/favicon.ico", lambda: Response(status_code=204), methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/favicon.ico", lambda: Response(status_code=204), methods=["GET", "HEAD"], include_in_schema=False)
     add_error_handlers(app)
-    return Guard(app, allow_hosts=config.allow_hosts, cors=config.cors, max_body=config.max_upload_bytes,
+    asgi: Any = app
+    if config.cors:  # answers preflights and adds Access-Control-* headers; Guard refuses other origins
+        from starlette.middleware.cors import CORSMiddleware
+
+        asgi = CORSMiddleware(app, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
+                              allow_headers=["Content-Type"], max_age=600)
+    return Guard(asgi, allow_hosts=config.allow_hosts, cors=config.cors, max_body=config.max_upload_bytes,
                  body_timeout=config.body_timeout, log=log, log_all=config.log_all)
 
 

@@ -28,7 +28,7 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 SMALL_BODY = 1 << 20           # bodies up to 1 MiB draw on their own pool: big uploads never starve drawings
 SMALL_POOL = 32 << 20          # bytes of small bodies held at once per process
-LARGE_POOL = 40 << 20          # bytes of larger bodies held at once per process: two 16 MiB uploads
+LARGE_POOL = 24 << 20          # bytes of larger bodies held at once per process: one 16 MiB upload, three 8 MiB
 CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 

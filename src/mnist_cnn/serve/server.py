@@ -20,6 +20,8 @@ from mnist_cnn.serve.config import ServeConfig
 INSTALL_HINT = "mnist-cnn serve needs FastAPI and uvicorn: pip install 'mnist-cnn[serve]'"
 BACKLOG = 2048                 # connections waiting for accept(); bursts beyond it are reset by the kernel
 GRACEFUL_S = 3                 # seconds Ctrl-C waits for requests in flight
+WORKER_START_S = 120           # a worker imports torch and loads the model before it answers the
+                               # supervisor's health check; uvicorn's 5 s kills it on a busy machine
 
 
 def require_web_stack() -> None:
@@ -37,6 +39,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # restart right after Ctrl-C
     try:
         sock.bind((host, port))
+        sock.listen(BACKLOG)   # connections made before uvicorn starts wait in the kernel's queue
     except OSError as e:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -75,7 +78,8 @@ def uvicorn_config(config: ServeConfig, app: Any) -> Any:
     uv = uvicorn.Config(app, factory=isinstance(app, str), workers=config.workers, http=DeadlineProtocol, loop=loop,
                         lifespan="off", limit_concurrency=config.max_connections, backlog=BACKLOG,
                         timeout_keep_alive=config.keep_alive, timeout_graceful_shutdown=GRACEFUL_S,
-                        proxy_headers=False, server_header=False, access_log=False, log_level="warning")
+                        proxy_headers=False, server_header=False, access_log=False, log_level="warning",
+                        timeout_worker_healthcheck=WORKER_START_S)
     uv.header_timeout = config.header_timeout   # read by DeadlineProtocol, in every worker
     return uv
 
