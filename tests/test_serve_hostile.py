@@ -85,6 +85,8 @@ def check_attack(srv: ServerProcess, attack: Callable[[], list[Result]]) -> list
         normal_s = time.perf_counter() - t0
         results = hostile.result(timeout=60)
     growth = srv.rss_mb("VmHWM") - rss_before
+    print(f"\nhostile: statuses {sorted({s for s, _ in results})}, slowest answer {max(t for _, t in results):.3f} s, "
+          f"normal request {normal_s:.3f} s, peak RSS growth {growth:.0f} MB")      # shown with pytest -s
     assert status == 200 and len(answer["probabilities"]) == 10
     assert normal_s < ANSWER_S, f"normal request took {normal_s:.2f} s during the attack"
     for got, seconds in results:
