@@ -50,6 +50,10 @@ class ServerProcess:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024
 
+    def reset_peak_rss(self) -> None:
+        """Start VmHWM afresh at the current RSS (Linux: writing 5 to clear_refs)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
     def children(self) -> list[int]:
         """Processes whose parent is the server (its workers with --workers N)."""
         found = []
