@@ -107,13 +107,29 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None,
                log: Callable[[str], None] | None = None) -> Guard:
     """The ASGI application: FastAPI routes behind the Guard. Loads the model unless given one."""
     predictor = predictor or Predictor(config.run, config.device)
-    limiter = anyio.CapacityLimiter(config.concurrency)
-    info = {**predictor.info, "max_upload_bytes": config.max_upload_bytes}
-    pkg = resources.files("mnist_cnn.serve") / "static"
-    static = {name: (pkg / name).read_bytes() for name in set(STATIC.values())}
     app = FastAPI(title="mnist-cnn serve", version=__version__, redoc_url=None,
                   description="Draw or upload a digit; get the run's class probabilities.")
+    add_prediction_routes(app, predictor, anyio.CapacityLimiter(config.concurrency))
+    info = {**predictor.info, "max_upload_bytes": config.max_upload_bytes}
 
+    @app.api_route("/api/info", methods=["GET", "HEAD"], response_model=Info, summary="The run being served")
+    async def get_info() -> Response:
+        return json_response(200, info)
+
+    add_page_routes(app)
+    add_error_handlers(app)
+    asgi: Any = app
+    if config.cors:  # answers preflights and adds Access-Control-* headers; Guard refuses other origins
+        from starlette.middleware.cors import CORSMiddleware
+
+        asgi = CORSMiddleware(app, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
+                              allow_headers=["Content-Type"], max_age=600)
+    return Guard(asgi, allow_hosts=config.allow_hosts, cors=config.cors, max_body=config.max_upload_bytes,
+                 body_timeout=config.body_timeout, log=log, log_all=config.log_all)
+
+
+def add_prediction_routes(app: FastAPI, predictor: Predictor, limiter: anyio.CapacityLimiter) -> None:
+    """POST /api/predict and /api/predict/batch: prepare (inline or in a thread), batch, answer."""
     batcher = Batcher(predictor.probabilities)
 
     def prepare_one(body: bytes, content_type: str) -> Prepared:
@@ -153,9 +169,11 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None,
         return json_response(200, {"results": [{"error": str(p), "status": 422} if isinstance(p, ImageError)
                                                else predictor.answer(p, next(rows)) for p in prepared]})
 
-    @app.api_route("/api/info", methods=["GET", "HEAD"], response_model=Info, summary="The run being served")
-    async def get_info() -> Response:
-        return json_response(200, info)
+
+def add_page_routes(app: FastAPI) -> None:
+    """The page's files, read once; not part of the API schema."""
+    pkg = resources.files("mnist_cnn.serve") / "static"
+    static = {name: (pkg / name).read_bytes() for name in set(STATIC.values())}
 
     async def page(request: Request) -> Response:
         name = STATIC[request.url.path]
@@ -167,15 +185,6 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None,
     for path in STATIC:
         app.add_api_route(path, page, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route("/favicon.ico", lambda: Response(status_code=204), methods=["GET", "HEAD"], include_in_schema=False)
-    add_error_handlers(app)
-    asgi: Any = app
-    if config.cors:  # answers preflights and adds Access-Control-* headers; Guard refuses other origins
-        from starlette.middleware.cors import CORSMiddleware
-
-        asgi = CORSMiddleware(app, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
-                              allow_headers=["Content-Type"], max_age=600)
-    return Guard(asgi, allow_hosts=config.allow_hosts, cors=config.cors, max_body=config.max_upload_bytes,
-                 body_timeout=config.body_timeout, log=log, log_all=config.log_all)
 
 
 def add_error_handlers(app: FastAPI) -> None:
