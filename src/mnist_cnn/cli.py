@@ -248,8 +248,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=d.workers, metavar="N",
                    help="server processes, each with its own copy of the model (default: 1)")
     p.add_argument("--concurrency", type=int, default=d.concurrency, metavar="N",
-                   help=f"images decoded and classified at once per process (default: {d.concurrency}); "
-                        "the rest wait their turn")
+                   help=f"images decoded at once per process in worker threads (default: {d.concurrency}; "
+                        "each may take tens of MB); the rest wait their turn")
     p.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
                    help=f"open connections per process before new requests get HTTP 503 (default: {d.max_connections})")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
@@ -322,7 +322,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export-csv": ("write TensorBoard's CSV downloads (Wall time,Step,Value) for a run", add_export_csv, run_export_csv),
     "models": ("list the registered networks", add_models, run_models),
     "compare": ("several runs side by side: accuracy, epochs, time, size; PNG of their curves", add_compare, run_compare),
-    "serve": ("a local web page: draw a digit and see what a run predicts", add_serve, run_serve),
+    "serve": ("a local web page and JSON API: draw a digit and see what a run predicts", add_serve, run_serve),
 }
 
 
