@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train test test-fast bench clean
+.PHONY: setup train test test-fast bench loadtest clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test-fast: $(STAMP)
 ## Speed benchmark (issue #4): table + bench/results/<date>-<host>.json, ~5 min (ARGS=--quick: ~1 min).
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+## Load test of `mnist-cnn serve` with wrk (docs/serve.md): make loadtest ARGS="runs/my-run".
+loadtest: $(STAMP)
+	$(BIN)/python bench/loadtest.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

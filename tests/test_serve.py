@@ -1,8 +1,9 @@
 """`mnist-cnn serve`: the JSON API, its refusals, concurrency, and the command's start and stop.
 
-The server runs in a thread on 127.0.0.1 with a free port, serving a run trained for one epoch
-on synthetic data (labelled with Fashion-MNIST's class names, so we can see the run's names
-reach the page). The real-browser test is in test_serve_browser.py.
+The server is the real command (uvicorn) in a subprocess on 127.0.0.1 with a free port, serving a
+run trained for one epoch on synthetic data (labelled with Fashion-MNIST's class names, so we can
+see the run's names reach the page). Hostile inputs are in test_serve_hostile.py, the
+real-browser test in test_serve_browser.py.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ from mnist_cnn.cli import main
 from mnist_cnn.data.registry import DATASETS
 from mnist_cnn.inference import load_classifier, to_input
 from mnist_cnn.preprocess import preprocess
-from mnist_cnn.serve.app import ServeConfig, decode_data_url, make_server
+from mnist_cnn.serve.bodies import decode_data_url
 from mnist_cnn.train import train
+from serve_process import ServerProcess
 from synthetic import toy_dataset
 
 FASHION = DATASETS["fashion-mnist"].class_names
@@ -48,32 +50,18 @@ def toy_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(toy_run):
-    log: list[str] = []
-    srv = make_server(ServeConfig(str(toy_run), port=0, device="cpu", max_upload_mb=LIMIT_MB), log=log.append)
-    srv.test_log = log
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def server(toy_run, tmp_path_factory):
+    with ServerProcess(toy_run, "--max-upload-mb", str(LIMIT_MB), log=tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+        yield srv
 
 
-def request(srv, method: str, path: str, body: bytes | None = None,
+def request(srv: ServerProcess, method: str, path: str, body: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        res = conn.getresponse()
-        return res.status, {k.lower(): v for k, v in res.getheaders()}, res.read()
-    finally:
-        conn.close()
+    return srv.request(method, path, body, headers)
 
 
-def post_json(srv, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    status, hdrs, data = request(srv, "POST", "/api/predict", body, headers)
-    assert hdrs["content-type"] == "application/json"
-    return status, json.loads(data)
+def post_json(srv: ServerProcess, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    return srv.post_json(body, headers)
 
 
 def drawing(x0: int = 90, y0: int = 40, size: int = 200, **kw) -> bytes:
@@ -174,7 +162,7 @@ def test_oversized_body_is_413_and_the_server_keeps_serving(server):
     assert len(buf.getvalue()) > limit
     assert post_json(server, buf.getvalue())[0] == 413
     assert post_json(server, drawing())[0] == 200
-    assert any('"POST /api/predict HTTP/1.1" 413' in line for line in server.test_log)
+    assert any('"POST /api/predict HTTP/1.1" 413' in line for line in server.log().splitlines())
 
 
 @pytest.mark.parametrize("method, path, allow", [
@@ -190,10 +178,10 @@ def test_wrong_method_is_405_with_allow(server, method, path, allow):
 def test_unknown_path_is_404_and_a_missing_length_is_411(server):
     status, _, body = request(server, "GET", "/etc/passwd")
     assert status == 404 and json.loads(body)["status"] == 404
-    with socket.create_connection(server.server_address[:2], timeout=10) as s:   # no Content-Length
-        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    with socket.create_connection(server.address, timeout=10) as s:   # no Content-Length
+        s.sendall(b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         reply = s.makefile("rb").read()
-    assert reply.startswith(b"HTTP/1.0 411") and b"Content-Length" in reply.split(b"\r\n\r\n", 1)[1]
+    assert reply.startswith(b"HTTP/1.1 411") and b"Content-Length" in reply.split(b"\r\n\r\n", 1)[1]
 
 
 # ---------------------------------------------------------------- concurrency, no writes
@@ -267,3 +255,64 @@ def test_command_errors_are_one_line(toy_run, tmp_path, capsys):
     assert err.startswith("mnist-cnn: error: cannot listen on 127.0.0.1:") and err.count("\n") == 1
     assert main(["serve", str(toy_run), "--port", "70000"]) == 2
     assert "between 0 and 65535" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- batch route, OpenAPI, .onnx with workers
+def test_batch_route_answers_each_image_in_order(server, toy_run):
+    images = [drawing(x0=40), drawing(x0=100, width=20), b"hello"]
+    urls = ["data:image/png;base64," + base64.b64encode(im).decode() for im in images]
+    status, answer = server.post_json(json.dumps({"images": urls}).encode(), {"Content-Type": "application/json"},
+                                      path="/api/predict/batch")
+    assert status == 200 and len(answer["results"]) == 3
+    for got, want in zip(answer["results"][:2], expected(toy_run, images[:2])):
+        np.testing.assert_allclose(got["probabilities"], want, atol=2e-6)
+        assert got["class_names"] == list(FASHION) and got["image"].startswith("data:image/png;base64,")
+    assert answer["results"][2]["status"] == 422 and "not a readable image" in answer["results"][2]["error"]
+    for body, words in ((json.dumps({"images": urls[:1] * 65}).encode(), "send 1 to 64"),
+                        (json.dumps({"images": []}).encode(), "send 1 to 64"),
+                        (b'{"images": "data:image/png;base64,AAAA"}', "a list of data URL strings")):
+        status, answer = server.post_json(body, path="/api/predict/batch")
+        assert status == 400 and words in answer["error"]
+
+
+def test_openapi_schema_and_docs_page(server):
+    status, _, body = request(server, "GET", "/openapi.json")
+    schema = json.loads(body)
+    assert status == 200 and {"/api/predict", "/api/predict/batch", "/api/info"} <= set(schema["paths"])
+    predict = schema["paths"]["/api/predict"]["post"]
+    assert {"image/png", "application/json"} <= set(predict["requestBody"]["content"])
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Prediction")
+    assert predict["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+    assert {"Prediction", "Error", "Info", "BatchResponse"} <= set(schema["components"]["schemas"])
+    status, headers, page = request(server, "GET", "/docs")
+    assert status == 200 and headers["content-type"].startswith("text/html") and b"openapi.json" in page
+
+
+def test_onnx_file_served_by_two_worker_processes(toy_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mnist_cnn.export import export_onnx
+
+    path = tmp_path / "toy.onnx"
+    export_onnx(toy_run, path)
+    images = [drawing(x0=30 + 10 * i) for i in range(6)]
+    with ServerProcess(path, "--workers", "2", log=tmp_path / "serve.log") as srv:
+        assert "2 worker processes" in srv.banner[0]
+        info = json.loads(srv.request("GET", "/api/info", timeout=180)[2])   # workers load torch + model first
+        assert info["status"] == "exported" and info["class_names"] == list(FASHION)
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(srv.post_json, images))
+        assert len(srv.children()) >= 2                             # the supervisor's worker processes
+    for (status, got), want in zip(answers, expected(toy_run, images)):
+        assert status == 200
+        np.testing.assert_allclose(got["probabilities"], want, atol=1e-5)   # ONNX Runtime vs PyTorch
+
+
+def test_serve_without_the_web_stack_says_how_to_install(toy_run, tmp_path):
+    # A Python that cannot import fastapi: a path entry whose fastapi package fails to import.
+    (tmp_path / "fastapi").mkdir()
+    (tmp_path / "fastapi" / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "mnist_cnn", "serve", str(toy_run), "--port", "0"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "mnist-cnn: error: mnist-cnn serve needs FastAPI and uvicorn: pip install 'mnist-cnn[serve]'\n"

@@ -12,14 +12,13 @@ import math
 import os
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_cnn.serve.app import ServeConfig, make_server
+from serve_process import ServerProcess
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 # Flags for a machine that reaches nothing but package registries: no sandbox (root in a
@@ -70,13 +69,9 @@ def browser(chromium, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page_url(trained_mnist_run):
-    srv = make_server(ServeConfig(str(trained_mnist_run), port=0, device="cpu"), log=lambda line: None)
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv.url
-    srv.shutdown()
-    srv.server_close()
+def page_url(trained_mnist_run, tmp_path_factory):
+    with ServerProcess(trained_mnist_run, log=tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+        yield srv.url
 
 
 # Strokes in canvas pixels (the canvas is 280x280), drawn as a person would.

@@ -254,23 +254,45 @@ def run_models(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- serve
 def add_serve(p: argparse.ArgumentParser) -> None:
-    from mnist_cnn.serve.app import DEFAULT_MAX_UPLOAD_MB
+    from mnist_cnn.serve.config import DEFAULT_MAX_UPLOAD_MB, ServeConfig
 
+    d = ServeConfig("")
     p.add_argument("run", metavar="RUN", help="run directory, a .pt checkpoint file (the file named is the one loaded), or an exported .onnx file")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", default=d.host,
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every interface)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 = any free port)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--port", type=int, default=d.port, help="TCP port (default: 8000; 0 = any free port)")
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=d.workers, metavar="N",
+                   help="server processes, each with its own copy of the model (default: 1)")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, metavar="N",
+                   help=f"images decoded at once per process in worker threads (default: {d.concurrency}; "
+                        "each may take tens of MB); the rest wait their turn")
+    p.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
+                   help=f"open connections per process before new requests get HTTP 503 (default: {d.max_connections})")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
                    help=f"largest request body accepted, MiB (default: {DEFAULT_MAX_UPLOAD_MB}); larger ones get HTTP 413")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout, metavar="S",
+                   help=f"seconds a client has to send its request headers (default: {d.header_timeout:g}), else 408")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout, metavar="S",
+                   help=f"seconds a client has to send its request body (default: {d.body_timeout:g}), else 408")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="answer requests whose Host is NAME too (repeatable; default: localhost, 127.0.0.1, ::1 "
+                        "only; '*' = any, which lets other web sites reach the server by DNS rebinding)")
+    p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API (repeatable; "
+                        "default: cross-origin POSTs are refused)")
     p.add_argument("--log-requests", action="store_true", help="log every request, not only refused ones")
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from mnist_cnn.serve.app import ServeConfig, serve
+    from mnist_cnn.serve.config import ServeConfig
+    from mnist_cnn.serve.server import serve
 
-    serve(ServeConfig(run=args.run, host=args.host, port=args.port, device=args.device,
-                      max_upload_mb=args.max_upload_mb, log_all=args.log_requests))
+    serve(ServeConfig(run=args.run, host=args.host, port=args.port, device=args.device, workers=args.workers,
+                      concurrency=args.concurrency, max_connections=args.max_connections,
+                      max_upload_mb=args.max_upload_mb, header_timeout=args.header_timeout,
+                      body_timeout=args.body_timeout, allow_hosts=tuple(args.allow_host), cors=tuple(args.cors),
+                      log_all=args.log_requests))
     return 0
 
 
@@ -317,7 +339,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export-csv": ("write TensorBoard's CSV downloads (Wall time,Step,Value) for a run", add_export_csv, run_export_csv),
     "models": ("list the registered networks", add_models, run_models),
     "compare": ("several runs side by side: accuracy, epochs, time, size; PNG of their curves", add_compare, run_compare),
-    "serve": ("a local web page: draw a digit and see what a run predicts", add_serve, run_serve),
+    "serve": ("a local web page and JSON API: draw a digit and see what a run predicts", add_serve, run_serve),
 }
 
 

@@ -1,8 +1,13 @@
-"""A local web page to draw a digit on and see what a trained run predicts (`mnist-cnn serve`).
+"""A local web page to draw a digit on, and a JSON API, for a trained run (`mnist-cnn serve`).
 
-`app` is the HTTP side (standard library only, importable without torch so `--help` stays
-fast); `predictor` is the model side. From Python:
+FastAPI on uvicorn (the optional extra `serve`). `config` holds the settings (no heavy imports,
+so `--help` stays fast); `app` the routes; `guard` the rules every request passes; `protocol`
+uvicorn's HTTP parser with header limits; `bodies` request-body parsing; `predictor` the model
+side; `server` starts it all. From Python:
 
-    from mnist_cnn.serve.app import ServeConfig, make_server
-    server = make_server(ServeConfig("runs/my-run", port=0)); print(server.url); server.serve_forever()
+    from mnist_cnn.serve.config import ServeConfig
+    from mnist_cnn.serve.server import serve
+    serve(ServeConfig("runs/my-run", port=0))            # until Ctrl-C
+
+or mount `mnist_cnn.serve.app.create_app(ServeConfig(...))` in any ASGI server.
 """

@@ -1,65 +1,95 @@
-"""The model side of `mnist-cnn serve`: a trained model loaded once, answering images from many threads.
+"""The model side of `mnist-cnn serve`: a classifier loaded once, answering encoded images.
 
-Each request decodes and preprocesses its image in its own thread (PIL and NumPy release the
-GIL); the forward pass (inference.Classifier, PyTorch or ONNX Runtime) runs under a lock: one
-28x28 image costs well under a millisecond, and a shared model behind a lock is safe on any device.
+The forward pass is `Classifier.logits` (the shared loader: a run directory or an .onnx file);
+this module adds what the API returns around it: probabilities, the label, and the 28x28 view the
+network saw as a PNG data URL. `prepare` runs in worker threads, a few at a time (the app's
+limiter); `probabilities` runs on batches gathered across requests (batching.py).
 """
 from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from mnist_cnn.inference import load_classifier
-from mnist_cnn.preprocess import preprocess
+from mnist_cnn.inference import Classifier, load_classifier
+from mnist_cnn.preprocess import ImageError, preprocess
 
 
 class Predictor:
-    """A trained model (run directory, .pt or .onnx), loaded once, answering `predict(image_bytes)`
-    from many threads."""
+    """A classifier and its description: `prepare` an image, `probabilities` of a batch, `answer`."""
 
     def __init__(self, run: str | Path, device: str = "auto") -> None:
-        self.classifier = load_classifier(run, device)
-        self.class_names = self.classifier.class_names
-        self.run_dir = self.classifier.run_dir or self.classifier.source  # what the console line names
-        config = self.classifier.config
+        self.classifier: Classifier = load_classifier(run, device)
+        c = self.classifier
+        self.class_names = list(c.class_names)
+        self.source = c.run_dir or c.source
+        self.device = next(c.model.parameters()).device if c.model is not None else "cpu (ONNX Runtime)"
         self.info: dict[str, Any] = {
-            "run": Path(self.run_dir).name,
-            "model": config.get("model", "?"),
-            "dataset": config.get("dataset", "?"),
-            "status": self.classifier.status,
-            "class_names": list(self.class_names),
+            "run": self.source.name,
+            "model": c.config.get("model", "?"),
+            "dataset": c.config.get("dataset", "?"),
+            "status": c.status if c.kind == "run" else "exported",
+            "class_names": self.class_names,
         }
-        model = self.classifier.model
-        self.device = next(model.parameters()).device if model is not None else "cpu (ONNX Runtime)"
-        self._lock = threading.Lock()
 
-    def predict(self, image_bytes: bytes) -> dict[str, Any]:
-        """Encoded image -> the API's JSON answer. Raises ImageError for unusable images."""
+    def probabilities(self, images_u8: torch.Tensor) -> list[list[float]]:
+        """(N, 1, 28, 28) uint8 -> N rows of class probabilities, each summing to 1."""
+        with torch.inference_mode():
+            return torch.softmax(self.classifier.logits(images_u8).float(), dim=1).tolist()
+
+    def prepare(self, data: bytes) -> Prepared:
+        """Encoded image -> the network's input and the page's view of it (decode, preprocess, PNG).
+
+        Raises ImageError for an unusable image."""
         start = time.perf_counter()
-        pre = preprocess(image_bytes)                       # (1, 28, 28) uint8, white ink on black
-        with self._lock:
-            probs = self.classifier.probabilities(pre.image[None])[0]  # (classes,) on the CPU
-        best = int(probs.argmax())
+        view = preprocess(data)                  # (1, 28, 28) uint8, white ink on black
+        return Prepared(view.image, view.inverted, png_data_url(view.image[0]), start)
+
+    def answer(self, prepared: Prepared, probs: list[float]) -> dict[str, Any]:
+        best = max(range(len(probs)), key=probs.__getitem__)
         return {
             "prediction": best,
             "label": self.class_names[best],
-            "probabilities": [round(float(p), 6) for p in probs],
-            "class_names": list(self.class_names),
-            "image": png_data_url(pre.image[0]),
-            "inverted": pre.inverted,
-            "ms": round((time.perf_counter() - start) * 1000, 1),
+            "probabilities": [round(p, 6) for p in probs],
+            "class_names": self.class_names,
+            "image": prepared.image_url,
+            "inverted": prepared.inverted,
+            "ms": round((time.perf_counter() - prepared.start) * 1000, 1),
         }
+
+    def predict_many(self, images: list[bytes]) -> list[dict[str, Any] | ImageError]:
+        """Encoded images -> one API answer each, or the ImageError that image raised.
+
+        The usable images go through the network in one forward pass (the server batches across
+        requests instead, with serve.batching)."""
+        prepared: list[Prepared | ImageError] = []
+        for data in images:
+            try:
+                prepared.append(self.prepare(data))
+            except ImageError as e:
+                prepared.append(e)
+        good = [p for p in prepared if isinstance(p, Prepared)]
+        probs = iter(self.probabilities(torch.stack([p.image for p in good])) if good else [])
+        return [p if isinstance(p, ImageError) else self.answer(p, next(probs)) for p in prepared]
+
+
+@dataclass
+class Prepared:
+    image: torch.Tensor      # (1, 28, 28) uint8, the network's input
+    inverted: bool
+    image_url: str           # the same as a PNG data URL
+    start: float             # perf_counter() when its request's work began
 
 
 def png_data_url(image_u8: torch.Tensor) -> str:
     """(H, W) uint8 -> "data:image/png;base64,..." (what the page shows as the network's view)."""
     buf = io.BytesIO()
-    Image.fromarray(image_u8.cpu().numpy()).save(buf, format="PNG")  # 2-D uint8: mode "L"
+    # 2-D uint8 is mode "L"; level 1 compresses 784 bytes as well as 9 does, faster.
+    Image.fromarray(image_u8.numpy()).save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
