@@ -53,6 +53,7 @@ class TrainResult:
     history: list[EpochRecord]
     model: nn.Module
     config: TrainConfig
+    stopped_early: bool = False  # on_epoch_end asked to stop before the last epoch
 
 
 def select_device(name: str) -> torch.device:
@@ -197,11 +198,14 @@ def stop_on_signals() -> Iterator[dict[str, Any]]:
 def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", name: str | None = None,
           force: bool = False, resume: str | Path | None = None, dataset: Any = None,
           print_fn: Callable[[str], None] = print, progress: bool | None = None,
-          stop_after_steps: int | None = None) -> TrainResult:
+          stop_after_steps: int | None = None,
+          on_epoch_end: Callable[[EpochRecord], bool | None] | None = None) -> TrainResult:
     """Train a model into a run directory (or continue one with `resume`).
 
     `dataset` may be a preloaded `mnist_cnn.data.Dataset` (tests, notebooks); otherwise the
     config's data set is loaded. `stop_after_steps` simulates an interruption (tests).
+    `on_epoch_end(record)` runs on the main process after each epoch's validation, logging and
+    checkpoint; returning True ends training there (run.json status "stopped"; tune's pruning).
     """
     state: dict[str, Any] | None = None
     if resume is not None:
@@ -257,7 +261,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
             write_json_main(run_dir / "environment.json", {**environment_info(device, config.seed), "data_source": getattr(dataset, "source", ""),
                                                            "world_size": dist_info.world_size})
             result = _train_loop(config, run_dir, dataset, device, state, print_fn, progress, stop_after_steps,
-                                 dist_info)
+                                 dist_info, on_epoch_end)
         except TrainingInterrupted:
             _record_status(write_json_main, run_dir, {**run_info, "status": "interrupted", "stopped": now_iso()})
             distributed.barrier(dist_info)  # torchrun stops every rank once one exits: let rank 0 finish writing
@@ -271,7 +275,8 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         except BaseException:
             _record_status(write_json_main, run_dir, {**run_info, "status": "failed", "stopped": now_iso()})
             raise
-        write_json_main(run_dir / "run.json", {**run_info, "status": "complete", "finished": now_iso()})
+        write_json_main(run_dir / "run.json", {**run_info, "status": "stopped" if result.stopped_early else "complete",
+                                               "finished": now_iso()})
         distributed.barrier(dist_info)  # leave the group together (rank 0 was still plotting)
         return result
     finally:
@@ -294,7 +299,8 @@ def _skip(*args: Any, **kwargs: Any) -> None:
 
 def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.device,
                 state: dict[str, Any] | None, print_fn: Callable[[str], None], progress: bool | None,
-                stop_after_steps: int | None, dist_info: DistInfo = distributed.SINGLE) -> TrainResult:
+                stop_after_steps: int | None, dist_info: DistInfo = distributed.SINGLE,
+                on_epoch_end: Callable[[EpochRecord], bool | None] | None = None) -> TrainResult:
     from mnist_cnn.plots import plot_curves, plot_samples
 
     channels_last = config.channels_last
@@ -373,6 +379,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
     step_model = distributed.wrap_model(model, dist_info, device)  # DDP under torchrun, else model
     if config.compile:  # compiles on the first step (tens of seconds); checkpoints keep `model`'s plain names
         step_model = torch.compile(step_model)
+    stopped_early = False
     with stop_on_signals() as stop:
         while epoch < config.epochs:
             started = time.time()
@@ -435,10 +442,14 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
             if distributed.agreed_signal(stop["signal"], dist_info, device) and epoch < config.epochs:
                 logger.close()
                 raise TrainingInterrupted(_interrupt_message(stop["signal"], run_dir, epoch, 0, steps_per_epoch))
+            # Single-process only: under torchrun the other ranks do not learn of the stop.
+            if on_epoch_end is not None and dist_info.is_main and on_epoch_end(record) and epoch < config.epochs:
+                stopped_early = True
+                break
     logger.hparams(cfg.to_dict(config), history)
     logger.close()
     if not dist_info.is_main:
-        return TrainResult(run_dir, history, model, config)
+        return TrainResult(run_dir, history, model, config, stopped_early)
 
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -449,7 +460,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
     print_fn(f"Best validation accuracy {best.validation_accuracy:.4f} at epoch {best.epoch}. "
              f"Run saved in {run_dir} (view with: tensorboard --logdir {run_dir.parent})")
     print_fn(f"Plots: {plots / 'curves.png'}, {plots / 'samples.png'}; test accuracy: mnist-cnn evaluate {run_dir}")
-    return TrainResult(run_dir, history, eval_model, config)
+    return TrainResult(run_dir, history, eval_model, config, stopped_early)
 
 
 def _interrupt_message(signal_name: str | None, run_dir: Path, epoch: int, step: int, steps: int) -> str:
