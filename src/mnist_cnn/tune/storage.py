@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,14 +47,17 @@ def open_storage(url: str | None, study_dir: Path, heartbeat_s: float = HEARTBEA
     if url is None:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+        study_dir.mkdir(parents=True, exist_ok=True)
         path = str(study_dir / JOURNAL)
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     if "://" not in url:
         raise UsageError(f"--storage {url!r} is not a database URL (e.g. postgresql://user:password@host/db)")
     try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, round(heartbeat_s)),
-                                          grace_period=max(2, round(3 * heartbeat_s)),
-                                          engine_kwargs={"pool_pre_ping": True})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, round(heartbeat_s)),
+                                              grace_period=max(2, round(3 * heartbeat_s)),
+                                              engine_kwargs={"pool_pre_ping": True})
     except ImportError as e:  # the URL's driver (psycopg2 for postgresql://) is missing
         raise MnistCnnError(f"--storage {_redact(url)}: database driver missing ({e}); "
                             "pip install 'mnist-cnn[tune]'") from None

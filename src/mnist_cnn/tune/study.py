@@ -41,6 +41,9 @@ class TuneSettings:
     timeout: float | None = None                 # seconds; each worker starts no trial after this
     heartbeat_s: float = st.HEARTBEAT_S          # RDB storage: seconds between a trial's heartbeats
     continue_command: str = ""                   # printed when interrupted, to carry on
+    startup_trials: int = 4                      # trials that finish before the pruner judges any
+    sampler_seed: int | None = None              # TPE's seed (+ worker index); None = fresh each run, as a
+                                                 # resumed or parallel search cannot replay its order anyway
 
     @property
     def study_dir(self) -> Path:
@@ -72,17 +75,19 @@ def prepare(settings: TuneSettings) -> Prepared:
     return Prepared(settings, space, threads)
 
 
-def open_study(p: Prepared) -> tuple[Any, Any]:
+def open_study(p: Prepared, worker: int = 0) -> tuple[Any, Any]:
     """Create or load the study; a study started with another space, preset or fixed flags is refused."""
     optuna = st.require_optuna()
     s = p.settings
-    s.study_dir.mkdir(parents=True, exist_ok=True)
     storage = st.open_storage(s.storage, s.study_dir, s.heartbeat_s)
+    s.study_dir.mkdir(parents=True, exist_ok=True)
     definition = {"preset": s.preset, "fixed": {k: v for k, v in sorted(s.fixed.items()) if k != "threads"},
                   "space": {k: v.to_dict() for k, v in p.space.items()}}
     try:
         study = optuna.create_study(study_name=s.study, storage=storage, direction="maximize", load_if_exists=True,
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
+                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials),
+                                    sampler=optuna.samplers.TPESampler(
+                                        seed=None if s.sampler_seed is None else s.sampler_seed + worker))
     except Exception as e:  # a database that went away after connecting, a corrupt journal...
         raise MnistCnnError(f"cannot open study {s.study!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     saved = study.user_attrs.get("definition")
@@ -113,7 +118,7 @@ def run_worker(p: Prepared, worker: int, dataset: Any = None, print_fn: Callable
     """One worker: runs trials until the study has `trials` finished ones (or the timeout)."""
     optuna = st.require_optuna()
     s = p.settings
-    study, storage = open_study(p)
+    study, storage = open_study(p, worker)
     is_journal = s.storage is None
     st.fail_dead_trials(study, storage, s.study_dir, is_journal)
     if dataset is None and not {"dataset", "data_dir", "validation_size"} & set(p.space):
