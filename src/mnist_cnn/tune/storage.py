@@ -38,6 +38,8 @@ def require_optuna() -> Any:
     except ImportError:
         raise MnistCnnError(INSTALL_HINT) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are reported by tune's own lines
+    # Heartbeats and the matplotlib plots are marked experimental; tune relies on them knowingly.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 
@@ -52,18 +54,23 @@ def open_storage(url: str | None, study_dir: Path, heartbeat_s: float = HEARTBEA
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     if "://" not in url:
         raise UsageError(f"--storage {url!r} is not a database URL (e.g. postgresql://user:password@host/db)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+    for attempt in range(3):
+        try:
             return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, round(heartbeat_s)),
                                               grace_period=max(2, round(3 * heartbeat_s)),
                                               engine_kwargs={"pool_pre_ping": True})
-    except ImportError as e:  # the URL's driver (psycopg2 for postgresql://) is missing
-        raise MnistCnnError(f"--storage {_redact(url)}: database driver missing ({e}); "
-                            "pip install 'mnist-cnn[tune]'") from None
-    except Exception as e:  # SQLAlchemy's errors: bad URL, refused connection, bad password...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MnistCnnError(f"cannot open study storage {_redact(url)}: {reason}") from None
+        except ImportError as e:  # the URL's driver (psycopg for postgresql://) is missing
+            raise MnistCnnError(f"--storage {_redact(url)}: database driver missing ({e}); "
+                                "pip install 'mnist-cnn[tune]'") from None
+        except Exception as e:  # SQLAlchemy's errors: bad URL, refused connection, bad password...
+            # Workers starting together on an empty database race to create Optuna's tables;
+            # the loser sees a duplicate-key error and finds the tables there on a second try.
+            if type(e).__name__ in ("IntegrityError", "ProgrammingError") and attempt < 2:
+                time.sleep(1 + attempt)
+                continue
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MnistCnnError(f"cannot open study storage {_redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def _redact(url: str) -> str:
