@@ -37,7 +37,7 @@ def require_optuna() -> Any:
         import optuna
     except ImportError:
         raise MnistCnnError(INSTALL_HINT) from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are reported by tune's own lines
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials (failed ones too) are reported by tune's own lines
     # Heartbeats and the matplotlib plots are marked experimental; tune relies on them knowingly.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna

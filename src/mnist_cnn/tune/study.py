@@ -155,8 +155,12 @@ def _objective(trial: Any, p: Prepared, worker: int, dataset: Any, storage: Any,
             return trial.should_prune()
 
         started = time.time()
-        result = train(config, out_dir=s.study_dir, name=name, dataset=dataset, print_fn=lambda line: None,
-                       progress=False, on_epoch_end=on_epoch_end)
+        try:
+            result = train(config, out_dir=s.study_dir, name=name, dataset=dataset, print_fn=lambda line: None,
+                           progress=False, on_epoch_end=on_epoch_end)
+        except MnistCnnError as e:
+            print_fn(f"trial {trial.number} (worker {worker}) failed: {e}")
+            raise
         last = result.history[-1]
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
         outcome = f"pruned after epoch {last.epoch}" if result.stopped_early else "complete"
@@ -204,10 +208,10 @@ def run_workers(p: Prepared, dataset: Any = None, print_fn: Callable[[str], None
         try:
             run_worker(p, 0, dataset, print_fn)
         except KeyboardInterrupt:
-            raise _interrupted(p) from None
+            raise interrupted(p) from None
         except MnistCnnError as e:
             if _is_interrupt(e):
-                raise _interrupted(p) from None
+                raise interrupted(p) from None
             raise
         return
     ctx = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
@@ -221,12 +225,12 @@ def run_workers(p: Prepared, dataset: Any = None, print_fn: Callable[[str], None
     except KeyboardInterrupt:  # the workers got the Ctrl-C too: let them mark their trials and exit
         for proc in procs:
             proc.join(timeout=60)
-        raise _interrupted(p) from None
+        raise interrupted(p) from None
     problems = []
     while not errors.empty():
         problems.append(errors.get())
     if any(msg == "interrupted" for _, msg in problems):
-        raise _interrupted(p)
+        raise interrupted(p)
     if problems:
         raise MnistCnnError(f"worker {problems[0][0]}: {problems[0][1]}")
     crashed = [i for i, proc in enumerate(procs) if proc.exitcode]
@@ -235,7 +239,7 @@ def run_workers(p: Prepared, dataset: Any = None, print_fn: Callable[[str], None
                             f"run the same command again to continue the study")
 
 
-def _interrupted(p: Prepared) -> TuneInterrupted:
+def interrupted(p: Prepared) -> TuneInterrupted:
     again = f": {p.settings.continue_command}" if p.settings.continue_command else " by running the same command again"
     return TuneInterrupted(f"tuning interrupted; the study in {p.settings.study_dir} is kept "
                            f"(running trials marked failed). Continue it{again}")
