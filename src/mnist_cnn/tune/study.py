@@ -178,7 +178,7 @@ def _worker_main(p: Prepared, worker: int, dataset: Any, errors: Any) -> None:
     """Entry point of a `--jobs` worker process (spawned: a fresh interpreter)."""
     _die_with_parent()
     try:
-        run_worker(p, worker, dataset)
+        run_worker(p, worker, dataset, lambda line: print(line, flush=True))  # lines of K workers interleave whole
     except KeyboardInterrupt:
         errors.put((worker, "interrupted"))
     except MnistCnnError as e:
