@@ -31,21 +31,13 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- train
-def add_train(p: argparse.ArgumentParser) -> None:
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """--preset and one flag per TrainConfig field (train, tune and lr-find share them)."""
     from mnist_cnn import config as cfg
 
-    p.add_argument("--preset", default="default", choices=cfg.preset_names(),
+    p.add_argument("--preset", default=None, choices=cfg.preset_names(),
                    help="named starting config: 'seed' is the lesson exactly, 'default' the lesson's network trained the modern way, "
                         "'fast' a small net reaching 99%% in seconds, 'best' the most accurate recipe (default: default)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--out", default="runs", metavar="DIR", type=path_arg("path"),
-                   help="parent directory of run directories (default: runs)")
-    p.add_argument("--name", type=path_arg("run name"),
-                   help="run directory name: no '/', control characters or more than 255 bytes (default: <preset>-<date>-<time>)")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing run directory of the same name (never a symbolic link, nor a folder that is not a run)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: only on a terminal)")
     group = p.add_argument_group("config overrides (defaults shown are the 'default' preset's)")
     for f in cfg.config_fields():
         if f.name == "preset":
@@ -62,20 +54,116 @@ def add_train(p: argparse.ArgumentParser) -> None:
                                metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The config fields given on the command line (None = not given)."""
     from mnist_cnn import config as cfg
+
+    return {f.name: getattr(args, f.name) for f in cfg.config_fields() if f.name != "preset"}
+
+
+def add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE",
+                   help="start from this JSON or TOML file of config fields (e.g. a tune study's best-config.json); "
+                        "flags given here override it, unknown keys are refused")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--out", default="runs", metavar="DIR", type=path_arg("path"),
+                   help="parent directory of run directories (default: runs)")
+    p.add_argument("--name", type=path_arg("run name"),
+                   help="run directory name: no '/', control characters or more than 255 bytes (default: <preset>-<date>-<time>)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing run directory of the same name (never a symbolic link, nor a folder that is not a run)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: only on a terminal)")
+    add_config_flags(p)
+
+
+def resolve_config(args: argparse.Namespace):
+    """The TrainConfig the flags describe: --config FILE (if any), else --preset, then the overrides."""
+    from mnist_cnn import config as cfg
+
+    if getattr(args, "config", None):
+        return cfg.config_from_file(args.config, preset=args.preset, **config_overrides(args))
+    return cfg.make_config(args.preset or "default", **config_overrides(args))
+
+
+def run_train(args: argparse.Namespace) -> int:
     from mnist_cnn.train import train
 
-    overrides = {f.name: getattr(args, f.name) for f in cfg.config_fields() if f.name != "preset"}
     if args.resume:
-        given = sorted(k for k, v in overrides.items() if v is not None)
-        if given or args.name or args.force:
+        given = sorted(k for k, v in config_overrides(args).items() if v is not None)
+        if given or args.name or args.force or args.config:
             raise UsageError("--resume continues a run with its saved config; do not combine it with overrides "
-                             f"({', '.join('--' + g.replace('_', '-') for g in given) or '--name/--force'})")
+                             f"({', '.join('--' + g.replace('_', '-') for g in given) or '--name/--force/--config'})")
         train(resume=args.resume, progress=args.progress)
         return 0
-    config = cfg.make_config(args.preset, **overrides)
-    train(config, out_dir=args.out, name=args.name, force=args.force, progress=args.progress)
+    train(resolve_config(args), out_dir=args.out, name=args.name, force=args.force, progress=args.progress)
+    return 0
+
+
+# ---------------------------------------------------------------- tune
+def add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, metavar="NAME", help="study name: its trials and results go in OUT/tune-NAME")
+    p.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="finished (complete or pruned) trials the study should reach; run again to continue")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long (per worker)")
+    p.add_argument("--jobs", type=int, default=1, metavar="K",
+                   help="worker processes on this machine, each with --threads cores/K unless --threads is given (default: 1)")
+    p.add_argument("--storage", metavar="URL",
+                   help="database shared by several machines, e.g. postgresql://user:password@host/db "
+                        "(default: a journal file in the study folder)")
+    p.add_argument("--space", metavar="FILE",
+                   help="TOML or JSON search space replacing the preset's default (see docs/tuning.md)")
+    p.add_argument("--out", default="runs", metavar="DIR", help="parent of the study folder (default: runs)")
+    add_config_flags(p)
+    p.epilog = "Config flags given here are fixed for every trial; the search space varies the others."
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mnist_cnn.tune import TuneSettings, format_report, tune
+
+    fixed = {k: v for k, v in config_overrides(args).items() if v is not None}
+    settings = TuneSettings(study=args.study, trials=args.trials, preset=args.preset or "default", fixed=fixed,
+                            space_file=args.space, out_dir=args.out, storage=args.storage, jobs=args.jobs,
+                            timeout=args.timeout, continue_command="mnist-cnn " + shlex.join(args.argv))
+    print(format_report(tune(settings)))
+    return 0
+
+
+# ---------------------------------------------------------------- lr-find
+def add_lr_find(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end", type=float, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps of the sweep (default: 200)")
+    p.add_argument("--out", default="lr-find", metavar="DIR",
+                   help="where lr-find.csv and lr-find.png go (default: lr-find); no run directory is made")
+    p.add_argument("--write-config", metavar="FILE",
+                   help="write the config with the suggested lr as JSON (for mnist-cnn train --config FILE)")
+    p.add_argument("--config", metavar="FILE", help="start from this JSON or TOML config file")
+    add_config_flags(p)
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from mnist_cnn import config as cfg
+    from mnist_cnn.lr_find import lr_find
+    from mnist_cnn.runs import write_json
+
+    config = resolve_config(args)
+    r = lr_find(config, start=args.start, end=args.end, steps=args.steps, out_dir=args.out)
+    stop = f"stopped at lr {r.diverged_at:.3g} (loss > 4x its best)" if r.diverged_at else "ran all steps"
+    print(f"Swept {len(r.lrs)} steps from {r.lrs[0]:.3g} to {r.lrs[-1]:.3g}; {stop}.")
+    print(f"Suggested lr {r.suggested_lr:.3g} (steepest descent of the smoothed loss); "
+          f"minimum/10 rule: {r.min_lr_over_10:.3g}")
+    print(f"Wrote {r.csv_path}, {r.png_path}")
+    if args.write_config:
+        try:
+            write_json(args.write_config, cfg.to_dict(replace(config, lr=float(f"{r.suggested_lr:.3g}"))))
+        except OSError as e:
+            raise UsageError(f"cannot write {args.write_config}: {e.strerror or e}") from None
+        print(f"Config with lr {r.suggested_lr:.3g}: {args.write_config} (train it: mnist-cnn train --config {args.write_config})")
     return 0
 
 
@@ -331,6 +419,10 @@ def run_compare(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("train a network (the lesson's with --preset seed)", add_train, run_train),
+    "tune": ("search hyperparameters with Optuna: every trial a run, pruned when it lags; best config to a file",
+             add_tune, run_tune),
+    "lr-find": ("learning-rate range test: loss vs an exponentially growing rate, and a suggested rate",
+                add_lr_find, run_lr_find),
     "evaluate": ("test loss, accuracy, per-class metrics, confusion matrix and worst mistakes of a run",
                  add_evaluate, run_evaluate),
     "predict": ("classify your own image files with a trained run or .onnx", add_predict, run_predict),
@@ -358,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # tune prints it as the command to continue
     try:
         return args.command_fn(args)
     except MnistCnnError as e:

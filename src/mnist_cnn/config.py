@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mnist_cnn.errors import UsageError
@@ -92,6 +93,36 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
         raise UsageError(f"unknown preset {preset!r}; choose one of: {', '.join(preset_names())}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}, "preset": preset}
     return from_dict(values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """TrainConfig fields from a JSON or TOML file (by suffix; JSON otherwise), e.g. a tune
+    study's best-config.json. Only the keys are checked here; `make_config` checks the values."""
+    import json
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise UsageError(f"config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold one object of config fields, not {type(values).__name__}")
+    unknown = sorted(set(values) - {f.name for f in config_fields()})
+    if unknown:
+        raise UsageError(f"config file {path}: unknown config key(s): {', '.join(unknown)}")
+    return values
+
+
+def config_from_file(path: str | Path, **overrides: Any) -> TrainConfig:
+    """The file's config (on top of the preset it names, else default) with `overrides` applied."""
+    values = read_config_file(path)
+    preset = overrides.pop("preset", None) or values.pop("preset", "default")
+    values.pop("preset", None)
+    return make_config(preset, **{**values, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
