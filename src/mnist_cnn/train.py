@@ -181,7 +181,7 @@ def fit(state: TrainState, loop: Loop, on_epoch_end: Callable[[EpochRecord], boo
         if loop.strategy.agreed_stop(loop.signal["signal"]) and more:
             raise TrainingInterrupted(_interrupt_message(loop, state))
         if on_epoch_end is not None:
-            wants_stop = loop.strategy.is_main and on_epoch_end(record) is True
+            wants_stop = loop.strategy.is_main and bool(on_epoch_end(record))
             if loop.strategy.main_decides(wants_stop) and more:
                 return True
     return False
