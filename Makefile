@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train test test-fast bench clean
+.PHONY: setup train test test-fast bench notebook notebook-run clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,15 @@ test-fast: $(STAMP)
 ## Speed benchmark (issue #4): table + bench/results/<date>-<host>.json, ~5 min (ARGS=--quick: ~1 min).
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+## Open the lesson notebook in JupyterLab (installs the `notebook` extra, JupyterLab, on first use).
+notebook: $(STAMP)
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[notebook]"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab notebooks/lesson.ipynb
+
+## Re-execute the lesson notebook in place on real MNIST (refreshes its outputs and lesson.py; minutes).
+notebook-run: $(STAMP)
+	$(BIN)/python tests/notebook_exec.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
