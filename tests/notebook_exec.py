@@ -32,10 +32,7 @@ def inject_parameters(nb: Any, parameters: dict[str, Any]) -> None:
 
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     source = "# Parameters injected for this execution\n" + "\n".join(f"{k} = {v!r}" for k, v in parameters.items())
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    cell.pop("id", None)
-    nb.cells.insert(index + 1, cell)
-    nbformat.validator.normalize(nb)
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
 
 
 def execute(nb: Any, cwd: Path, timeout_s: int = 900) -> float:
