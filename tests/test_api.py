@@ -25,9 +25,16 @@ def test_every_public_name_has_an_example():
     assert "classify" in EXAMPLES  # Predictions is shown by classify's example
 
 
-@pytest.mark.parametrize("name", sorted(EXAMPLES))
-def test_docstring_example(name, tmp_path, monkeypatch):
+# load_dataset's example loads real MNIST (the data chain's cache, built once per session).
+REAL_DATA = {"load_dataset"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in REAL_DATA else n
+                                  for n in sorted(EXAMPLES)])
+def test_docstring_example(name, tmp_path, monkeypatch, request):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # examples' mkdtemp() lands in tmp_path
+    if name in REAL_DATA:
+        request.getfixturevalue("real_mnist_env")
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     report: list[str] = []
     test = EXAMPLES[name]

@@ -44,9 +44,11 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, valida
     lives in ~/.cache/mnist-cnn). `validation` is the first `validation_size` training images.
     Names: mnist, fashion-mnist, kmnist, emnist-digits; `data_dir` holds your own IDX files.
 
-    >>> ds = load_dataset("mnist")                     # doctest: +SKIP
-    >>> len(ds.train), len(ds.validation), len(ds.test)  # doctest: +SKIP
-    (55000, 5000, 10000)
+    >>> import numpy as np
+    >>> from mnist_cnn import dataset_from_arrays, load_dataset
+    >>> ds = load_dataset("mnist")
+    >>> len(ds.train), len(ds.validation), len(ds.test), ds.train.images.dtype, ds.class_names[:3]
+    (55000, 5000, 10000, torch.uint8, ('0', '1', '2'))
     >>> ds = dataset_from_arrays(np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10, validation_size=5)
     >>> ds.train.images.shape, ds.train.images.dtype
     (torch.Size([15, 1, 28, 28]), torch.uint8)
@@ -64,6 +66,8 @@ def dataset_from_arrays(train_images: np.ndarray, train_labels: Sequence[int], t
     As in `load_dataset`, validation is the first `validation_size` training images. Without test
     arrays the validation split doubles as the test split. Class names default to "0", "1", ...
 
+    >>> import numpy as np
+    >>> from mnist_cnn import dataset_from_arrays
     >>> images = np.random.default_rng(0).integers(0, 256, (100, 28, 28), dtype=np.uint8)
     >>> ds = dataset_from_arrays(images, np.arange(100) % 10, validation_size=20)
     >>> len(ds.train), len(ds.validation), len(ds.test), ds.class_names[:3]
@@ -116,6 +120,7 @@ def _labels(labels: Any, n: int) -> torch.Tensor:
 def create_model(name: str = "seed", num_classes: int = 10) -> torch.nn.Module:
     """A freshly initialised network by its registered name: seed (the lesson's), fast, best.
 
+    >>> from mnist_cnn import create_model
     >>> model = create_model("seed")
     >>> sum(p.numel() for p in model.parameters())
     104342
@@ -136,6 +141,7 @@ class Layer:
 def layer_table(model: torch.nn.Module | str, channels: int = 1) -> list[Layer]:
     """Each layer's output shape and parameter count for one 28x28 image (the lesson's Fig. 7).
 
+    >>> from mnist_cnn import layer_table
     >>> rows = layer_table("seed")
     >>> [(r.name, r.output_shape, r.parameters) for r in rows[:3]]
     [('conv1', (6, 28, 28), 156), ('pool1', (6, 14, 14), 0), ('relu1', (6, 14, 14), 0)]
@@ -166,6 +172,7 @@ def layer_table(model: torch.nn.Module | str, channels: int = 1) -> list[Layer]:
 def format_layer_table(rows: Sequence[Layer]) -> str:
     """`layer_table` as aligned text, with the total parameter count.
 
+    >>> from mnist_cnn import format_layer_table, layer_table
     >>> print(format_layer_table(layer_table("seed")).splitlines()[-1])
     total                                  104,342
     """
@@ -180,6 +187,7 @@ def format_layer_table(rows: Sequence[Layer]) -> str:
 def preset_names() -> list[str]:
     """The named recipes: seed (the lesson exactly), default, fast, best.
 
+    >>> from mnist_cnn import preset_names
     >>> preset_names()
     ['best', 'default', 'fast', 'seed']
     """
@@ -191,6 +199,7 @@ def preset_names() -> list[str]:
 def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     """A preset's training config with overrides, checked (unknown keys and bad values raise UsageError).
 
+    >>> from mnist_cnn import make_config
     >>> config = make_config("seed", epochs=3)
     >>> config.model, config.epochs, config.batch_size, config.lr
     ('seed', 3, 100, 0.0001)
@@ -210,6 +219,8 @@ def train_model(config: TrainConfig | None = None, *, dataset: Dataset | None = 
     epoch, seconds, lr, train_loss, train_accuracy, validation_loss, validation_accuracy.
     The run directory keeps the checkpoint, TensorBoard files, metrics.csv and plots/.
 
+    >>> import numpy as np
+    >>> from mnist_cnn import dataset_from_arrays, make_config, train_model
     >>> import tempfile
     >>> images = np.random.default_rng(0).integers(0, 256, (300, 28, 28), dtype=np.uint8)
     >>> ds = dataset_from_arrays(images, np.arange(300) % 10, validation_size=100)
@@ -232,6 +243,8 @@ def load_run(run: str | Path | Any, device: str = "cpu") -> Classifier:
     `train_model`'s result. `.model` is the PyTorch module, `.class_names` the labels' names,
     `.config` the training config, `.logits(images_u8)` the raw scores.
 
+    >>> import numpy as np
+    >>> from mnist_cnn import dataset_from_arrays, load_run, make_config, train_model
     >>> import tempfile
     >>> ds = dataset_from_arrays(np.zeros((60, 28, 28), np.uint8), np.arange(60) % 10, validation_size=10)
     >>> run = train_model(make_config("seed", epochs=1, batch_size=50), dataset=ds, out_dir=tempfile.mkdtemp(), quiet=True)
@@ -256,6 +269,7 @@ def to_mnist(image: ImageLike) -> torch.Tensor:
     MNIST's own recipe: greyscale, dark-on-light inverted, ink cropped, longer side scaled to
     20 px, centre of mass at the centre of the 28x28 field.
 
+    >>> from mnist_cnn import to_mnist
     >>> from PIL import Image, ImageDraw
     >>> page = Image.new("L", (200, 300), 255)        # a white page...
     >>> ImageDraw.Draw(page).line([(100, 40), (100, 260)], fill=0, width=24)  # ...with a dark "1"
@@ -315,6 +329,9 @@ def classify(model: Any, images: Any, batch_size: int = 1000) -> Predictions:
     0..1, MNIST-style already), or one image or a list of images of any kind `to_mnist` takes
     (paths, PIL images, arrays of any size).
 
+    >>> import numpy as np
+    >>> import torch
+    >>> from mnist_cnn import classify, dataset_from_arrays, make_config, train_model
     >>> import tempfile
     >>> ds = dataset_from_arrays(np.zeros((60, 28, 28), np.uint8), np.arange(60) % 10, validation_size=10)
     >>> run = train_model(make_config("seed", epochs=1, batch_size=50), dataset=ds, out_dir=tempfile.mkdtemp(), quiet=True)
@@ -352,6 +369,8 @@ def evaluate_model(model: Any, split: str | Split = "test", dataset: Dataset | N
     trained on, loaded again), or a Split itself. The result's `worst_mistakes` index the split;
     `confusion[true][predicted]` counts images.
 
+    >>> import numpy as np
+    >>> from mnist_cnn import dataset_from_arrays, evaluate_model, make_config, train_model
     >>> import tempfile
     >>> ds = dataset_from_arrays(np.zeros((60, 28, 28), np.uint8), np.arange(60) % 10, validation_size=10)
     >>> run = train_model(make_config("seed", epochs=1, batch_size=50), dataset=ds, out_dir=tempfile.mkdtemp(), quiet=True)
@@ -376,6 +395,8 @@ def evaluate_model(model: Any, split: str | Split = "test", dataset: Dataset | N
 def format_evaluation(evaluation: Evaluation) -> str:
     """The `mnist-cnn evaluate` console report: totals, per-class table, confusion matrix.
 
+    >>> import torch
+    >>> from mnist_cnn import format_evaluation
     >>> from mnist_cnn.evaluate import summarize
     >>> e = summarize(torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])), torch.tensor([0, 1, 1]), ["a", "b"])
     >>> print(format_evaluation(e).splitlines()[2])
@@ -394,6 +415,8 @@ def tensorboard_scalars(run_dir: str | Path) -> dict[str, dict[str, list[tuple[f
     Writers are `train` (loss and accuracy per batch, lr per epoch) and `validation` (per epoch),
     the lesson's two FileWriters; steps count optimizer steps.
 
+    >>> import numpy as np
+    >>> from mnist_cnn import dataset_from_arrays, make_config, tensorboard_scalars, train_model
     >>> import tempfile
     >>> ds = dataset_from_arrays(np.zeros((60, 28, 28), np.uint8), np.arange(60) % 10, validation_size=10)
     >>> run = train_model(make_config("seed", epochs=2, batch_size=50), dataset=ds, out_dir=tempfile.mkdtemp(), quiet=True)
@@ -415,6 +438,8 @@ def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[P
     """The CSV files of TensorBoard's "CSV" download links (lesson, Step 6), for every writer and tag:
     run-<writer>-tag-<tag>.csv with columns `Wall time,Step,Value`, in out_dir (default RUN/csv).
 
+    >>> import numpy as np
+    >>> from mnist_cnn import dataset_from_arrays, export_csv, make_config, train_model
     >>> import tempfile
     >>> ds = dataset_from_arrays(np.zeros((60, 28, 28), np.uint8), np.arange(60) % 10, validation_size=10)
     >>> run = train_model(make_config("seed", epochs=1, batch_size=50), dataset=ds, out_dir=tempfile.mkdtemp(), quiet=True)
@@ -434,6 +459,8 @@ def plot_digits(images: Any, labels: Any, predicted: Any = None, class_names: Se
     Fig. 10: true and predicted labels, mistakes framed in red (up to `mistakes` of them are
     pulled into the grid so a good network's errors still show).
 
+    >>> import numpy as np
+    >>> from mnist_cnn import plot_digits
     >>> images = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
     >>> fig = plot_digits(images, np.arange(10), predicted=np.r_[np.arange(9), 0], count=10)
     >>> len([ax for ax in fig.axes if ax.get_title()]), sum(ax.title.get_color() == "red" for ax in fig.axes)
@@ -454,6 +481,7 @@ def plot_history(history: Any, path: str | Path | None = None):
     """Accuracy and loss per epoch, training and validation: one run's history (or `train_model`'s
     result); or {name: history} to compare runs (validation curves).
 
+    >>> from mnist_cnn import plot_history
     >>> from mnist_cnn.runlog import EpochRecord
     >>> history = [EpochRecord(e, 1.0, 1e-4, 1 / e, 0.9 + e / 100, 1.1 / e, 0.9 + e / 110) for e in (1, 2, 3)]
     >>> fig = plot_history(history)
@@ -470,6 +498,7 @@ def plot_history(history: Any, path: str | Path | None = None):
 def plot_filters(model: Any, layer: str | None = None, path: str | Path | None = None):
     """The kernels of a convolution layer (default: the first), blue negative, red positive.
 
+    >>> from mnist_cnn import create_model, plot_filters
     >>> fig = plot_filters(create_model("seed"))
     >>> fig.texts[0].get_text()
     'conv1: 5x5 filters, 6 out x 1 in'
@@ -495,6 +524,8 @@ def plot_filters(model: Any, layer: str | None = None, path: str | Path | None =
 def plot_confusion_matrix(evaluation: Evaluation, path: str | Path | None = None):
     """`evaluate_model`'s confusion matrix: counts in the cells, colour = fraction of the true class.
 
+    >>> import torch
+    >>> from mnist_cnn import plot_confusion_matrix
     >>> from mnist_cnn.evaluate import summarize
     >>> e = summarize(torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])), torch.tensor([0, 1, 1]), ["a", "b"])
     >>> plot_confusion_matrix(e).axes[0].get_xlabel()
@@ -514,6 +545,9 @@ def plot_worst_mistakes(evaluation: Evaluation, images: Any, count: int = 15, pa
     """The `count` mistakes the network was surest of: image, true class, predicted class and its
     probability. `images` are the evaluated split's images (the mistakes index them).
 
+    >>> import numpy as np
+    >>> import torch
+    >>> from mnist_cnn import plot_worst_mistakes
     >>> from mnist_cnn.evaluate import summarize
     >>> e = summarize(torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])), torch.tensor([0, 1, 1]), ["a", "b"])
     >>> fig = plot_worst_mistakes(e, np.zeros((3, 28, 28), np.uint8))
@@ -535,6 +569,7 @@ def plot_worst_mistakes(evaluation: Evaluation, images: Any, count: int = 15, pa
 def plot_scalars(scalars: Any, path: str | Path | None = None, tags: Sequence[str] = ("accuracy", "loss")):
     """TensorBoard's Scalars tab as a still figure, from `tensorboard_scalars` (or a run directory).
 
+    >>> from mnist_cnn import plot_scalars
     >>> scalars = {"validation": {"accuracy": [(0.0, 550, 0.9), (1.0, 1100, 0.95)], "loss": [(0.0, 550, 0.3), (1.0, 1100, 0.2)]}}
     >>> [ax.get_title() for ax in plot_scalars(scalars).axes]
     ['accuracy', 'loss']
