@@ -82,6 +82,11 @@ def test_classify_accepts_every_image_kind(tmp_path):
     # The MNIST recipe keeps a centred 20-px-high stroke where it was (within a pixel of rounding).
     assert (from_file.images[0].float() - as_u8.images[0].float()).abs().mean() < 40
     assert from_file.names[0] in net.class_names
+    # A colour photo as an (H, W, 3) array: dark ink on white, any size, goes through the MNIST recipe.
+    photo = np.full((90, 60, 3), 255, np.uint8)
+    photo[10:80, 26:34] = (20, 30, 200)  # a blue-ink "1"
+    seen = api.to_mnist(photo)
+    assert seen.shape == (1, 28, 28) and int(seen[0, 14, 14]) > 150 and int(seen[0, 0, 0]) == 0
     with pytest.raises(UsageError):
         api.classify(net, np.zeros((2, 3, 28, 27), np.uint8))
     with pytest.raises(UsageError):

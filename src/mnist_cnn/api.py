@@ -283,12 +283,12 @@ def to_mnist(image: ImageLike) -> torch.Tensor:
         a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if a.shape[-2:] == (28, 28) and a.size == 28 * 28:
             return _images_u8(a.reshape(1, 28, 28))[0]
-        if a.ndim != 2:
-            raise UsageError(f"one image at a time: a 2-D array, not shape {a.shape}")
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+            raise UsageError(f"one image at a time: (H, W) grey or (H, W, 3|4) colour, not shape {a.shape}")
         from PIL import Image
 
-        gray = a.astype(np.float64) / (1.0 if np.issubdtype(a.dtype, np.floating) else 255.0)
-        image = Image.fromarray((np.clip(gray, 0, 1) * 255).astype(np.uint8))
+        scaled = a.astype(np.float64) / (1.0 if np.issubdtype(a.dtype, np.floating) else 255.0)
+        image = Image.fromarray((np.clip(scaled, 0, 1) * 255).round().astype(np.uint8))  # mode L, RGB or RGBA
     if isinstance(image, str):
         image = Path(image)
     return preprocess(image).image
