@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train test test-fast bench loadtest clean
+.PHONY: setup train test test-fast bench loadtest notebook notebook-run clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,15 @@ bench: $(STAMP)
 ## Load test of `mnist-cnn serve` with wrk (docs/serve.md): make loadtest ARGS="runs/my-run".
 loadtest: $(STAMP)
 	$(BIN)/python bench/loadtest.py $(ARGS)
+
+## Open the lesson notebook in JupyterLab (installs the `notebook` extra, JupyterLab, on first use).
+notebook: $(STAMP)
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[notebook]"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab notebooks/lesson.ipynb
+
+## Re-execute the lesson notebook in place on real MNIST (refreshes its outputs and lesson.py; minutes).
+notebook-run: $(STAMP)
+	$(BIN)/python tests/notebook_exec.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

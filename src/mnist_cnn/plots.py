@@ -1,19 +1,36 @@
-"""PNG figures a person would rather see than read. Matplotlib's Agg backend: no display needed."""
+"""PNG figures a person would rather see than read. Matplotlib's Agg backend: no display needed.
+
+Every function returns its Figure (for a notebook or TensorBoard) and saves it when given a path.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
 
-matplotlib.use("Agg")
+# Agg unless a backend was chosen (a Jupyter kernel sets MPLBACKEND to its inline backend,
+# which Agg would replace, so figures would no longer show in the notebook).
+if not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from mnist_cnn.runlog import EpochRecord  # noqa: E402
 
 
-def plot_curves(history: Sequence[EpochRecord], path: Path) -> None:
+def _finish(fig, path: Path | None, close: bool = True):
+    """Save `fig` when a path is given; closed figures still display in Jupyter, once."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    if close:
+        plt.close(fig)
+    return fig
+
+
+def plot_curves(history: Sequence[EpochRecord], path: Path | None = None):
     """Accuracy and loss per epoch, training and validation side by side."""
     epochs = [r.epoch for r in history]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
@@ -29,18 +46,23 @@ def plot_curves(history: Sequence[EpochRecord], path: Path) -> None:
     if len(epochs) < 15:
         for ax in (acc_ax, loss_ax):
             ax.set_xticks(epochs)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _finish(fig, path)
 
 
-def plot_samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
-                 class_names: Sequence[str], path: Path, count: int = 25, mistakes: int = 5) -> None:
+def plot_samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor | None,
+                 class_names: Sequence[str], path: Path | None = None, count: int = 25, mistakes: int = 5,
+                 title: str = "Validation samples (mistakes in red)"):
     """The lesson's Fig. 10: images with true and predicted labels, mistakes in red.
 
     Shows the first `count - mistakes` images, then the first `mistakes` misclassified ones
-    (if any), so a good model's grid still shows where it goes wrong.
+    (if any), so a good model's grid still shows where it goes wrong. predicted=None: the
+    first `count` images with their labels only (the lesson's Fig. 5).
     """
+    if predicted is None:
+        predicted, mistakes = labels, 0
+        label_only = True
+    else:
+        label_only = False
     images, labels, predicted = images.cpu(), labels.cpu(), predicted.cpu()
     wrong = (predicted != labels).nonzero().flatten()[:mistakes].tolist()
     shown = [i for i in range(min(len(labels), count - len(wrong))) if i not in wrong] + wrong
@@ -52,7 +74,8 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Te
     for ax, i in zip(axes.flat, shown):
         ok = bool(predicted[i] == labels[i])
         ax.imshow(images[i, 0].numpy(), cmap="binary")
-        ax.set_title(f"True: {class_names[labels[i]]}\nPred: {class_names[predicted[i]]}",
+        ax.set_title(f"Label: {class_names[labels[i]]}" if label_only else
+                     f"True: {class_names[labels[i]]}\nPred: {class_names[predicted[i]]}",
                      fontsize=9, color="black" if ok else "red")
         if not ok:
             for side in ax.spines.values():
@@ -60,16 +83,14 @@ def plot_samples(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Te
             ax.axis("on")
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("Validation samples (mistakes in red)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.suptitle(title)
+    return _finish(fig, path)
 
 
 # The functions below return their figure (already saved) so the caller can also log it to
 # TensorBoard with `writer.add_figure`; the caller closes it.
 
-def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path,
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path | None,
                    title: str = "Confusion matrix"):
     """Counts annotated; colour is the row's fraction so a class's errors show whatever its size."""
     counts = torch.tensor(confusion, dtype=torch.float64)
@@ -88,12 +109,10 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
                   if max(map(len, class_names)) > 2 else "center")
     ax.set_yticks(range(c), class_names)
     ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path, close=False)
 
 
-def plot_mistakes(images: torch.Tensor, mistakes: Sequence, path: Path, title: str = "Worst mistakes",
+def plot_mistakes(images: torch.Tensor, mistakes: Sequence, path: Path | None, title: str = "Worst mistakes",
                   cols: int = 5):
     """Gallery of misclassified images: true class, predicted class and its probability."""
     images = images.cpu()
@@ -107,12 +126,10 @@ def plot_mistakes(images: torch.Tensor, mistakes: Sequence, path: Path, title: s
     if not mistakes:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=12)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return fig
+    return _finish(fig, path, close=False)
 
 
-def plot_comparison(runs: Sequence[tuple[str, Sequence[EpochRecord]]], path: Path) -> None:
+def plot_comparison(runs: Sequence[tuple[str, Sequence[EpochRecord]]], path: Path | None = None):
     """Validation accuracy and loss per epoch for several runs, one line each (`mnist-cnn compare`)."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, history in runs:
@@ -124,6 +141,28 @@ def plot_comparison(runs: Sequence[tuple[str, Sequence[EpochRecord]]], path: Pat
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
     acc_ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return _finish(fig, path)
+
+
+def plot_scalars(scalars: dict[str, dict[str, Sequence[tuple[float, int, float]]]], path: Path | None = None,
+                 tags: Sequence[str] = ("accuracy", "loss")):
+    """TensorBoard's Scalars tab as a still picture: one panel per tag, one line per writer
+    (`train` per batch, faint; `validation` per epoch, with markers), on the global-step axis.
+
+    `scalars` is {writer: {tag: [(wall_time, step, value), ...]}}, what `tbexport.read_scalars`
+    gives for each writer directory of a run.
+    """
+    fig, axes = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 4), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for writer, by_tag in sorted(scalars.items()):
+            rows = by_tag.get(tag, ())
+            if not rows:
+                continue
+            steps, values = [r[1] for r in rows], [r[2] for r in rows]
+            per_epoch = len(rows) < 200  # a writer with few points (validation) gets markers
+            ax.plot(steps, values, "o-" if per_epoch else "-", ms=4, lw=1.5 if per_epoch else 0.6,
+                    alpha=1.0 if per_epoch else 0.5, label=writer)
+        ax.set(title=tag, xlabel="step (optimizer steps)", ylabel=tag, yscale="log" if tag == "loss" else "linear")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _finish(fig, path)

@@ -54,7 +54,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Ten
     return maps, logits[0].float().cpu()
 
 
-def plot_filters(name: str, conv: nn.Conv2d, path: Path):
+def plot_filters(name: str, conv: nn.Conv2d, path: Path | None = None):
     """Grid of a conv layer's kernels: a row per output channel, a column per input channel,
     each on a shared colour scale (blue negative, red positive)."""
     import matplotlib.pyplot as plt
@@ -85,7 +85,8 @@ def plot_filters(name: str, conv: nn.Conv2d, path: Path):
             ax.set_title(title, fontsize=8)
     fig.suptitle(f"{name}: {w.shape[2]}x{w.shape[3]} filters, {conv.out_channels} out x {conv.in_channels} in")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    if path is not None:
+        fig.savefig(path, dpi=100)
     return fig
 
 
