@@ -23,7 +23,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--preset", default="default", choices=cfg.preset_names(),
                    help="named starting config: 'seed' is the lesson exactly, 'default' the lesson's network trained the modern way, "
-                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate recipe (default: default)")
+                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate measured recipe, "
+                        "'resnet-fashion' / 'resnet-digits' the residual-network candidates per data set "
+                        "(docs/accuracy.md) (default: default)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--out", default="runs", metavar="DIR", help="parent directory of run directories (default: runs)")
     p.add_argument("--name", help="run directory name (default: <preset>-<date>-<time>)")

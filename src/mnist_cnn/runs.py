@@ -132,13 +132,13 @@ class TrainedModel:
 
 def load_trained(run: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild a run's model from its checkpoint (config + weights), in eval mode."""
-    from mnist_cnn.models import create_model
+    from mnist_cnn.models import create_model, saved_shape
 
     run_dir = resolve_run(run)
     state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
     class_names = tuple(state["class_names"])
     try:
-        model = create_model(state["config"]["model"], num_classes=len(class_names))
+        model = create_model(state["config"]["model"], num_classes=len(class_names), **saved_shape(state["config"]))
     except (UsageError, KeyError, TypeError) as e:  # a checkpoint from a newer or altered mnist-cnn
         raise CheckpointError(f"{run_dir / CHECKPOINT} names a model this mnist-cnn cannot build: {e}") from None
     # A run trained with `ema` is evaluated with its averaged weights, as its validation was.

@@ -311,7 +311,7 @@ def _train_loop(config: TrainConfig, run_dir: Path, dataset: Any, device: torch.
     evaluate_split = distributed.sharded_evaluate(evaluate, dist_info)
 
     model = create_model(config.model, num_classes=len(dataset.class_names),
-                         in_channels=dataset.train.images.shape[1]).to(device)
+                         in_channels=dataset.train.images.shape[1], depth=config.depth, width=config.width).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
