@@ -7,7 +7,8 @@ import torch
 
 from mnist_cnn import config as cfg
 from mnist_cnn.augment import (COMBINATIONS, CROP_PAD, ERASE_AREA, FLIP_PARTS, PARTS, augment, erase_boxes,
-                               parse_augment, random_crop, random_erase, random_flip)
+                               parse_augment, random_crop, random_erase, random_flip, tta_flips, tta_views)
+from mnist_cnn.ensemble import classifier_log_probs
 from mnist_cnn.cli import main
 from mnist_cnn.data.registry import DATASETS
 from mnist_cnn.errors import UsageError
@@ -62,6 +63,37 @@ def test_cli_refuses_flips_for_mnist_in_one_line(capsys):
     assert main(["train", "--preset", "resnet-fashion", "--dataset", "mnist"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mirrors images left-right" in err and "fashion-mnist" in err
+
+
+@pytest.mark.parametrize("dataset", NOT_SYMMETRIC + ["folder", "toy"])
+def test_test_time_views_of_digits_are_never_mirrored(dataset):
+    assert not tta_flips({"dataset": dataset})
+    assert tta_flips({"dataset": "fashion-mnist"})
+    x = batch(4)
+    plain, mirrored = tta_views(x), tta_views(x, flip=True)
+    assert len(plain) == 5 and len(mirrored) == 10
+    assert all(torch.equal(a, b) for a, b in zip(plain, mirrored[:5]))
+    assert all(torch.equal(a.flip(-1), b) for a, b in zip(plain, mirrored[5:]))
+
+
+class CountingClassifier:
+    """A real (linear) classifier that counts its forward passes."""
+
+    def __init__(self, dataset):
+        self.config, self.calls = {"dataset": dataset}, 0
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+    def logits(self, images_u8):
+        self.calls += 1
+        return self.net(images_u8.float() / 255)
+
+
+def test_tta_mirrors_only_for_fashion():
+    images = (batch(6) * 255).to(torch.uint8)
+    for dataset, views in (("mnist", 5), ("kmnist", 5), ("fashion-mnist", 10)):
+        c = CountingClassifier(dataset)
+        lp = classifier_log_probs(c, images, tta=True)
+        assert c.calls == views and lp.shape == (6, 10) and torch.allclose(lp.exp().sum(1), torch.ones(6, dtype=lp.dtype))
 
 
 # ------------------------------------------------------------- parsing

@@ -182,8 +182,9 @@ def augment(x: torch.Tensor, kind: str) -> torch.Tensor:
 TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
 
-def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """Deterministic shifted copies of a batch (N, C, H, W) for test-time augmentation.
+def tta_views(x: torch.Tensor, flip: bool = False) -> list[torch.Tensor]:
+    """Deterministic shifted copies of a batch (N, C, H, W) for test-time augmentation; with `flip`
+    (only for mirror-symmetric data sets, see tta_flips) also the left-right mirror of each: 10 views.
 
     Shifts move pixels with zero fill (not wrap-around), like a digit written slightly off-centre.
     """
@@ -195,4 +196,13 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
         padded = F.pad(x, (1, 1, 1, 1))
         h, w = x.shape[-2:]
         views.append(padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w])
-    return views
+    return views + [v.flip(-1) for v in views] if flip else views
+
+
+def tta_flips(config: dict) -> bool:
+    """Whether test-time views of a run trained with `config` may include mirror images: only for
+    data sets the registry marks flip_symmetric (never digits or letters)."""
+    from mnist_cnn.data.registry import DATASETS
+
+    spec = DATASETS.get(config.get("dataset") or "")
+    return bool(spec and spec.flip_symmetric)

@@ -72,7 +72,8 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
                         "(their probabilities averaged)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each model's probabilities over the image and its four "
-                        "1-pixel shifts (5x the compute)")
+                        "1-pixel shifts (5x the compute); for mirror-symmetric data sets (fashion-mnist) also their "
+                        "mirror images (10x)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split (default: test)")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -117,7 +118,7 @@ def _evaluate_ensemble(args: argparse.Namespace) -> int:
     if args.files and args.out:
         write_report(result.evaluation, result.data.images, args.out)
     if args.json:
-        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta,
+        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta, "tta_flips": result.flips,
                           "members": [vars(m) for m in result.members]}, indent=2))
         return 0
     print(format_members(result) + "\n")

@@ -1,4 +1,4 @@
-"""bench/select.py end to end on a synthetic 3-class data set of 5,200 images: selection reads the
+"""bench/selection.py end to end on a synthetic 3-class data set of 5,200 images: selection reads the
 validation split only and logs every tried recipe; --final reads the test split, once per recipe."""
 import importlib.util
 import json
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def select(tmp_path, monkeypatch, data_env):
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("mnist_cnn_select", ROOT / "bench" / "select.py")
+    spec = importlib.util.spec_from_file_location("mnist_cnn_selection", ROOT / "bench" / "selection.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "JSON_LOG", tmp_path / "results" / "selection-log.json")
@@ -41,7 +41,7 @@ def select(tmp_path, monkeypatch, data_env):
 
 
 def run(module, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["select.py", *args])
+    monkeypatch.setattr(sys, "argv", ["selection.py", *args])
     return module.main()
 
 

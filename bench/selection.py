@@ -1,8 +1,8 @@
 """Recipe selection on validation accuracy only, and a separate, explicit final test evaluation.
 
-    python bench/select.py --preset resnet-fashion --seeds 0 --set epochs=3 threads=1   # a short probe
-    python bench/select.py --preset best --dataset fashion-mnist --seeds 0 1 2          # a full candidate
-    python bench/select.py --preset resnet-fashion --seeds 0 1 2 --final                # once, at the end
+    python bench/selection.py --preset resnet-fashion --seeds 0 --set epochs=3 threads=1   # a short probe
+    python bench/selection.py --preset best --dataset fashion-mnist --seeds 0 1 2          # a full candidate
+    python bench/selection.py --preset resnet-fashion --seeds 0 1 2 --final                # once, at the end
 
 Every run holds out the same 5,000 validation images (the first 5,000 of the official training
 file; issue 16's method), whatever the preset says, so recipes are compared on one fixed split.
@@ -33,7 +33,7 @@ VALIDATION_SIZE = 5000   # images, fixed for every compared recipe
 ROOT = Path(__file__).resolve().parent.parent
 JSON_LOG = ROOT / "bench" / "results" / "selection-log.json"
 MD_LOG = ROOT / "docs" / "accuracy-log.md"
-MD_HEADER = ("# Accuracy selection log\n\nWritten by `bench/select.py` (see docs/accuracy.md). Rows marked "
+MD_HEADER = ("# Accuracy selection log\n\nWritten by `bench/selection.py` (see docs/accuracy.md). Rows marked "
              "probe are short trials (fewer epochs or images than the recipe), not results. Validation = the "
              "fixed first 5,000 training images; test is read only by `--final` rows.\n\n"
              "| date | kind | recipe | data set | settings | seeds | validation % | validation TTA % "
@@ -110,7 +110,7 @@ def main() -> int:
     args = p.parse_args()
     overrides = parse_set(args.set)
     if overrides.pop("validation_size", str(VALIDATION_SIZE)) != str(VALIDATION_SIZE):
-        sys.exit(f"select.py compares recipes on the fixed {VALIDATION_SIZE}-image validation split; "
+        sys.exit(f"selection.py compares recipes on the fixed {VALIDATION_SIZE}-image validation split; "
                  "drop validation_size from --set")
     probe = is_probe(args.preset, overrides)
     if args.final:
