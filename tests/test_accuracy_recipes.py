@@ -67,8 +67,9 @@ def test_cli_refuses_flips_for_mnist_in_one_line(capsys):
 
 @pytest.mark.parametrize("dataset", NOT_SYMMETRIC + ["folder", "toy"])
 def test_test_time_views_of_digits_are_never_mirrored(dataset):
-    assert not tta_flips({"dataset": dataset})
-    assert tta_flips({"dataset": "fashion-mnist"})
+    assert not tta_flips({"dataset": dataset, "augment": "fashion"})
+    assert tta_flips({"dataset": "fashion-mnist", "augment": "fashion"})
+    assert not tta_flips({"dataset": "fashion-mnist", "augment": "affine"})  # never trained on mirror images
     x = batch(4)
     plain, mirrored = tta_views(x), tta_views(x, flip=True)
     assert len(plain) == 5 and len(mirrored) == 10
@@ -80,7 +81,7 @@ class CountingClassifier:
     """A real (linear) classifier that counts its forward passes."""
 
     def __init__(self, dataset):
-        self.config, self.calls = {"dataset": dataset}, 0
+        self.config, self.calls = {"dataset": dataset, "augment": "crop+flip"}, 0
         self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
 
     def logits(self, images_u8):
@@ -88,7 +89,7 @@ class CountingClassifier:
         return self.net(images_u8.float() / 255)
 
 
-def test_tta_mirrors_only_for_fashion():
+def test_tta_mirrors_only_fashion_runs_trained_with_flips():
     images = (batch(6) * 255).to(torch.uint8)
     for dataset, views in (("mnist", 5), ("kmnist", 5), ("fashion-mnist", 10)):
         c = CountingClassifier(dataset)

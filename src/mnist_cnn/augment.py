@@ -200,9 +200,14 @@ def tta_views(x: torch.Tensor, flip: bool = False) -> list[torch.Tensor]:
 
 
 def tta_flips(config: dict) -> bool:
-    """Whether test-time views of a run trained with `config` may include mirror images: only for
-    data sets the registry marks flip_symmetric (never digits or letters)."""
+    """Whether test-time views of a run trained with `config` include mirror images: only when it
+    was trained with flips (a model that never saw a mirror image gets worse on them), which config
+    validation allows only for data sets marked flip_symmetric (never digits or letters)."""
     from mnist_cnn.data.registry import DATASETS
 
     spec = DATASETS.get(config.get("dataset") or "")
-    return bool(spec and spec.flip_symmetric)
+    try:
+        trained_with_flips = bool(set(parse_augment(config.get("augment") or "none")) & set(FLIP_PARTS))
+    except UsageError:  # a run from a newer mnist-cnn with augmentations unknown here
+        return False
+    return bool(spec and spec.flip_symmetric and trained_with_flips)

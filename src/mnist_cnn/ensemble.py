@@ -43,7 +43,7 @@ class EnsembleEvaluation:
 def classifier_log_probs(classifier, images_u8: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """(N, C) float64 log-probabilities of one classifier; with `tta`, of its probabilities
     averaged over len(TTA_SHIFTS) shifted views (that many forward passes), twice as many with
-    their mirror images for mirror-symmetric data sets (Fashion-MNIST; augment.tta_flips)."""
+    their mirror images for runs trained with flips (Fashion-MNIST only; augment.tta_flips)."""
     views = tta_views(images_u8, flip=tta_flips(classifier.config)) if tta else [images_u8]
     return ensemble_log_probs([torch.log_softmax(classifier.logits(v).double(), 1) for v in views])
 

@@ -6,8 +6,8 @@ mappings in deep residual networks"; widths as in Zagoruyko and Komodakis's wide
 
 A block is BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus its input (a 1x1 conv shortcut where the size or
 width changes): 6 * depth + 2 weight layers. Every 3x3 conv costs about the same, 28*28*9*w^2
-multiply-adds, since halving the map doubles the width. Defaults (depth 1, width 32): 0.71 M
-parameters, ~47 M multiply-adds per image forward, 3.6x the `best` network (see docs/accuracy.md
+multiply-adds, since halving the map doubles the width. Defaults (depth 1, width 32): 307,690
+parameters, ~37 M multiply-adds per image forward, 2.9x the `best` network (see docs/accuracy.md
 for step times).
 """
 from __future__ import annotations
