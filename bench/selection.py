@@ -24,6 +24,7 @@ from pathlib import Path
 from recipes import _metrics, machine, parse_set  # bench/recipes.py: same helpers, same machine line
 
 from mnist_cnn import config as cfg
+from mnist_cnn.augment import TTA_SHIFTS, tta_flips
 from mnist_cnn.ensemble import evaluate_ensemble, mean_std
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.runs import read_json
@@ -94,6 +95,7 @@ def append_logs(entry: dict) -> None:
     test = pct(t["mean"], t["std"]) + f" (TTA {pct(t['tta_mean'], t['tta_std'])})" if t else "-"
     row = (f"| {entry['date'][:16]} | {entry['kind']} | {entry['preset']} | {entry['dataset']} | {settings} | "
            f"{' '.join(map(str, entry['seeds']))} | {pct(v['mean'], v['std'])} | {pct(v['tta_mean'], v['tta_std'])} "
+           f"({entry['tta_views']} views) "
            f"| {test} | {entry['minutes_per_run']:.1f} | {entry['machine']} |\n")
     with MD_LOG.open("a") as f:
         f.write(row)
@@ -130,7 +132,8 @@ def main() -> int:
     minutes = sum(sum(r["seconds"] for r in _metrics(run)) for run in runs) / len(runs) / 60
     entry = {"kind": "final" if args.final else "probe" if probe else "candidate", "recipe": name,
              "preset": args.preset, "dataset": config.dataset, "overrides": overrides, "seeds": args.seeds,
-             "runs": [str(r) for r in runs], "validation": validation, "test": test, "minutes_per_run": minutes,
+             "runs": [str(r) for r in runs], "validation": validation,
+             "tta_views": len(TTA_SHIFTS) * (2 if tta_flips(cfg.to_dict(config)) else 1), "test": test, "minutes_per_run": minutes,
              "epochs": config.epochs, "machine": machine(), "command": " ".join(sys.argv),
              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     append_logs(entry)

@@ -54,7 +54,7 @@ def test_selection_reads_validation_only_and_final_reads_test_once(select, tmp_p
     log = json.loads(module.JSON_LOG.read_text())
     assert len(log) == 1 and log[0]["kind"] == "probe" and log[0]["test"] is None
     assert 0 <= log[0]["validation"]["mean"] <= 1 and log[0]["recipe"] == "default-toyset-batch_size50-epochs1"
-    assert "| probe | default | toyset |" in module.MD_LOG.read_text()
+    assert "| probe | default | toyset |" in module.MD_LOG.read_text() and log[0]["tta_views"] == 5
     with pytest.raises(SystemExit, match="drop the epochs"):
         run(module, monkeypatch, *common, "epochs=1", "--final")
     with pytest.raises(SystemExit, match="fixed 5000-image validation split"):
