@@ -92,8 +92,9 @@ def random_elastic(x: torch.Tensor, alpha: float = ELASTIC_ALPHA, sigma: float =
 # ---------------------------------------------------------------- augmentations for clothes
 # Fashion-MNIST's classes survive a left-right mirror (a shoe facing left is still a shoe); digits
 # and letters do not, so config.validate refuses `flip` for data sets the registry does not mark
-# `flip_symmetric`. Magnitudes follow Zhong et al. 2020, "Random erasing data augmentation" (their
-# Fashion-MNIST setup: p 0.5, area 2-40%, aspect ratio 0.3-3.3) and the usual pad-and-crop.
+# `flip_symmetric`. Erasing uses the default settings of Zhong et al. 2020, "Random erasing data
+# augmentation" (p 0.5, area 2-40%, aspect ratio 0.3-3.3, random-value fill); crop is the usual
+# pad-and-crop, with a small pad because these images are only 28 px wide.
 FLIP_PROBABILITY = 0.5
 CROP_PAD = 2            # pixels of zero padding on each side; crops shift by up to +-2 px
 ERASE_PROBABILITY = 0.5
