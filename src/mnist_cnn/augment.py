@@ -17,7 +17,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("none", "affine", "elastic")
+from mnist_cnn.errors import UsageError
+
+AUGMENTATIONS = ("none", "affine", "elastic")  # the single-part values; see parse_augment for all
 
 # Magnitudes for digits: small enough that a 6 never becomes a 9 or a 1 a 7.
 ROTATE_DEGREES = 10.0   # uniform in [-10, +10] degrees
@@ -86,23 +88,103 @@ def random_elastic(x: torch.Tensor, alpha: float = ELASTIC_ALPHA, sigma: float =
     return _resample(x, grid + d)
 
 
+# ---------------------------------------------------------------- augmentations for clothes
+# Fashion-MNIST's classes survive a left-right mirror (a shoe facing left is still a shoe); digits
+# and letters do not, so config.validate refuses `flip` for data sets the registry does not mark
+# `flip_symmetric`. Erasing uses the default settings of Zhong et al. 2020, "Random erasing data
+# augmentation" (p 0.5, area 2-40%, aspect ratio 0.3-3.3, random-value fill); crop is the usual
+# pad-and-crop, with a small pad because these images are only 28 px wide.
+FLIP_PROBABILITY = 0.5
+CROP_PAD = 2            # pixels of zero padding on each side; crops shift by up to +-2 px
+ERASE_PROBABILITY = 0.5
+ERASE_AREA = (0.02, 0.4)          # fraction of the image erased, uniform
+ERASE_ASPECT = (0.3, 1 / 0.3)     # height / width of the rectangle, log-uniform
+
+PARTS = ("affine", "elastic", "crop", "flip", "erase")  # applied in this order
+FLIP_PARTS = ("flip",)
+# Named combinations, usable wherever a part name is.
+COMBINATIONS = {"fashion": ("crop", "flip", "erase")}
+
+
+def parse_augment(spec: str) -> tuple[str, ...]:
+    """The parts of an --augment value ('none', a part, a combination, or parts joined by '+'),
+    in application order; UsageError for unknown, repeated or conflicting parts."""
+    if spec == "none":
+        return ()
+    parts: list[str] = []
+    for name in spec.split("+"):
+        if name not in PARTS and name not in COMBINATIONS:
+            raise UsageError(f"augment must be one of none, {', '.join(PARTS + tuple(COMBINATIONS))} or "
+                             f"those joined by '+' (e.g. crop+flip), not {spec!r}")
+        parts += COMBINATIONS.get(name, (name,))
+    if len(set(parts)) < len(parts) or {"affine", "elastic"} <= set(parts):
+        raise UsageError(f"augmentation {spec!r} repeats a part (elastic already includes affine)")
+    return tuple(p for p in PARTS if p in parts)
+
+
+def random_flip(x: torch.Tensor, p: float = FLIP_PROBABILITY) -> torch.Tensor:
+    """Each image of (N, C, H, W) mirrored left-right with probability p."""
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p
+    return torch.where(flip, x.flip(-1), x)
+
+
+def random_crop(x: torch.Tensor, pad: int = CROP_PAD) -> torch.Tensor:
+    """Each image shifted by a whole number of pixels in [-pad, pad] per axis, zero-filled: a random
+    H x W window of the zero-padded image (the background of these data sets is 0)."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))                                    # (N, C, H+2p, W+2p)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), device=x.device)
+    rows = (dy + torch.arange(h, device=x.device))[:, :, None]                 # (N, H, 1)
+    cols = (dx + torch.arange(w, device=x.device))[:, None, :]                 # (N, 1, W)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    out = padded[batch, :, rows, cols].permute(0, 3, 1, 2)                     # (N, C, H, W), NHWC strides
+    return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
+
+
+def erase_boxes(n: int, h: int, w: int, p: float = ERASE_PROBABILITY, area: tuple[float, float] = ERASE_AREA,
+                aspect: tuple[float, float] = ERASE_ASPECT, device: torch.device | None = None) -> torch.Tensor:
+    """(N, 1, H, W) bool: one random rectangle per image, for a fraction p of the images (empty for
+    the others). Its area is at most area[1] * H * W (sides are rounded down, then clipped to the image)."""
+    u = torch.rand(n, 5, device=device)
+    s = (area[0] + u[:, 0] * (area[1] - area[0])) * h * w
+    ratio = torch.exp(math.log(aspect[0]) + u[:, 1] * (math.log(aspect[1]) - math.log(aspect[0])))
+    bh = torch.sqrt(s * ratio).floor().clamp(1, h)
+    bw = torch.sqrt(s / ratio).floor().clamp(1, w)
+    top = ((h - bh + 1) * u[:, 2]).floor()[:, None, None]
+    left = ((w - bw + 1) * u[:, 3]).floor()[:, None, None]
+    r = torch.arange(h, device=device)[None, :, None]
+    c = torch.arange(w, device=device)[None, None, :]
+    box = (r >= top) & (r < top + bh[:, None, None]) & (c >= left) & (c < left + bw[:, None, None])
+    return (box & (u[:, 4] < p)[:, None, None])[:, None]
+
+
+def random_erase(x: torch.Tensor, p: float = ERASE_PROBABILITY) -> torch.Tensor:
+    """Random erasing: a random rectangle of a fraction p of the images filled with uniform noise in
+    [0, 1] (Zhong et al.'s random-value fill; the range of the inputs)."""
+    n, _, h, w = x.shape
+    box = erase_boxes(n, h, w, p, device=x.device)
+    return torch.where(box, torch.rand_like(x), x)
+
+
+_APPLY = {"affine": random_affine, "elastic": random_elastic, "crop": random_crop, "flip": random_flip,
+          "erase": random_erase}
+
+
 def augment(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The training batch after the config's augmentation (`none` returns it unchanged)."""
-    if kind == "none":
-        return x
-    if kind == "affine":
-        return random_affine(x)
-    if kind == "elastic":
-        return random_elastic(x)
-    raise ValueError(f"unknown augmentation {kind!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+    """The training batch after the config's augmentation (`none` returns it unchanged); `kind` is
+    an --augment value (see parse_augment)."""
+    for part in parse_augment(kind):
+        x = _APPLY[part](x)
+    return x
 
 
 # Test-time views: the image itself and four 1-pixel shifts (dy, dx).
 TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
 
-def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """Deterministic shifted copies of a batch (N, C, H, W) for test-time augmentation.
+def tta_views(x: torch.Tensor, flip: bool = False) -> list[torch.Tensor]:
+    """Deterministic shifted copies of a batch (N, C, H, W) for test-time augmentation; with `flip`
+    (only for mirror-symmetric data sets, see tta_flips) also the left-right mirror of each: 10 views.
 
     Shifts move pixels with zero fill (not wrap-around), like a digit written slightly off-centre.
     """
@@ -114,4 +196,18 @@ def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
         padded = F.pad(x, (1, 1, 1, 1))
         h, w = x.shape[-2:]
         views.append(padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w])
-    return views
+    return views + [v.flip(-1) for v in views] if flip else views
+
+
+def tta_flips(config: dict) -> bool:
+    """Whether test-time views of a run trained with `config` include mirror images: only when it
+    was trained with flips (a model that never saw a mirror image gets worse on them), which config
+    validation allows only for data sets marked flip_symmetric (never digits or letters)."""
+    from mnist_cnn.data.registry import DATASETS
+
+    spec = DATASETS.get(config.get("dataset") or "")
+    try:
+        trained_with_flips = bool(set(parse_augment(config.get("augment") or "none")) & set(FLIP_PARTS))
+    except UsageError:  # a run from a newer mnist-cnn with augmentations unknown here
+        return False
+    return bool(spec and spec.flip_symmetric and trained_with_flips)

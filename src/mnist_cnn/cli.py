@@ -37,7 +37,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--preset", default=None, choices=cfg.preset_names(),
                    help="named starting config: 'seed' is the lesson exactly, 'default' the lesson's network trained the modern way, "
-                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate recipe (default: default)")
+                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate measured recipe, "
+                        "'resnet-fashion' / 'resnet-digits' the residual-network candidates per data set "
+                        "(docs/accuracy.md) (default: default)")
     group = p.add_argument_group("config overrides (defaults shown are the 'default' preset's)")
     for f in cfg.config_fields():
         if f.name == "preset":
@@ -174,7 +176,8 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
                         "(their probabilities averaged)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each model's probabilities over the image and its four "
-                        "1-pixel shifts (5x the compute)")
+                        "1-pixel shifts (5x the compute); for runs trained with --augment flip (fashion-mnist only) also "
+                        "their mirror images (10x)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split (default: test)")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -220,7 +223,7 @@ def _evaluate_ensemble(args: argparse.Namespace) -> int:
     if args.files and args.out:
         write_report(result.evaluation, result.data.images, args.out)
     if args.json:
-        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta,
+        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta, "tta_flips": result.flips,
                           "members": [vars(m) for m in result.members]}, indent=2))
         return 0
     print(format_members(result) + "\n")

@@ -43,7 +43,7 @@ class RunSummary:
 def summarize_run(run: str | Path) -> RunSummary:
     """What one run directory says about itself."""
     from mnist_cnn.data.registry import DATASETS
-    from mnist_cnn.models import count_parameters, create_model
+    from mnist_cnn.models import count_parameters, create_model, saved_shape
 
     path = Path(run)
     if path.is_file() and path.suffix == ".pt":
@@ -55,7 +55,8 @@ def summarize_run(run: str | Path) -> RunSummary:
     history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
     spec = DATASETS.get(config.get("dataset", ""))
     try:
-        parameters = count_parameters(create_model(config["model"], num_classes=len(spec.class_names) if spec else 10))
+        parameters = count_parameters(create_model(config["model"], num_classes=len(spec.class_names) if spec else 10,
+                                                    **saved_shape(config)))
     except (UsageError, KeyError):  # a model this version does not know
         parameters = 0
     test = path / "evaluation" / "test.json"

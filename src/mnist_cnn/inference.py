@@ -147,12 +147,12 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
 
 def _build_model(state: dict[str, Any], source: Path) -> nn.Module:
     from mnist_cnn.checkpoint import load_model_state
-    from mnist_cnn.models import create_model
+    from mnist_cnn.models import create_model, saved_shape
 
     if "model" not in state["config"]:
         raise CheckpointError(f"{source} names no model in its config; it cannot be rebuilt")
     try:
-        model = create_model(state["config"]["model"], num_classes=len(state["class_names"]))
+        model = create_model(state["config"]["model"], num_classes=len(state["class_names"]), **saved_shape(state["config"]))
     except UsageError as e:  # a checkpoint from a newer or altered mnist-cnn
         raise CheckpointError(f"{source} names a model this mnist-cnn cannot build: {e}") from None
     # A run trained with `ema` is evaluated with its averaged weights, as its validation was.

@@ -64,7 +64,8 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: 
         images, labels = images[:config.train_subset], labels[:config.train_subset]
     if len(labels) < config.batch_size:
         raise UsageError(f"batch_size {config.batch_size} is larger than the training set ({len(labels)} images)")
-    model = create_model(config.model, num_classes=len(dataset.class_names), in_channels=images.shape[1]).to(device)
+    model = create_model(config.model, num_classes=len(dataset.class_names), in_channels=images.shape[1],
+                         depth=config.depth, width=config.width).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)

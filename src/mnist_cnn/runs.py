@@ -17,14 +17,12 @@ import platform
 import shutil
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 import torch
 
-from mnist_cnn.checkpoint import (CheckpointWriteError, load_checkpoint, load_model_state, read_run_info,
-                                  remove_stale_temp_files, save_checkpoint)
+from mnist_cnn.checkpoint import CheckpointWriteError, read_run_info, remove_stale_temp_files, save_checkpoint
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.fileio import read_json, write_json  # noqa: F401  (re-exported: callers import them from here)
 
@@ -182,36 +180,6 @@ def environment_info(device: torch.device, seed: int) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-@dataclass
-class TrainedModel:
-    model: torch.nn.Module
-    config: dict[str, Any]
-    class_names: tuple[str, ...]
-    run_dir: Path
-    status: str
-
-
-def load_trained(run: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Rebuild a run's model from its checkpoint (config + weights), in eval mode."""
-    from mnist_cnn.models import create_model
-
-    run_dir = resolve_run(run)
-    state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)
-    class_names = tuple(state["class_names"])
-    try:
-        model = create_model(state["config"]["model"], num_classes=len(class_names))
-    except (UsageError, KeyError, TypeError) as e:  # a checkpoint from a newer or altered mnist-cnn
-        raise CheckpointError(f"{run_dir / CHECKPOINT} names a model this mnist-cnn cannot build: {e}") from None
-    # A run trained with `ema` is evaluated with its averaged weights, as its validation was.
-    weights = state["ema"] if state.get("ema") is not None else state["model"]
-    load_model_state(model, weights, run_dir / CHECKPOINT)
-    model.to(device).eval()
-    status = "unknown"
-    if (run_dir / "run.json").is_file():
-        status = read_json(run_dir / "run.json").get("status", "unknown")
-    return TrainedModel(model, state["config"], class_names, run_dir, status)
 
 
 class TrainingRun:

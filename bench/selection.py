@@ -1,0 +1,151 @@
+"""Recipe selection on validation accuracy only, and a separate, explicit final test evaluation.
+
+    python bench/selection.py --preset resnet-fashion --seeds 0 --set epochs=3 threads=1   # a short probe
+    python bench/selection.py --preset best --dataset fashion-mnist --seeds 0 1 2          # a full candidate
+    python bench/selection.py --preset resnet-fashion --seeds 0 1 2 --final                # once, at the end
+
+Every run holds out the same 5,000 validation images (the first 5,000 of the official training
+file; issue 16's method), whatever the preset says, so recipes are compared on one fixed split.
+Without --final the TEST split is never read: each tried recipe's validation accuracy (mean +-
+sample std over the seeds, with and without test-time augmentation) is appended to
+bench/results/selection-log.json and as a row to docs/accuracy-log.md. With --final the same runs
+(trained here when missing) are evaluated on the test split, once per recipe: the result is written
+to bench/results/final-<recipe>-<date>.json and a "final" row in both logs; a second --final for a
+recipe already evaluated is refused. Runs live in runs/select/<recipe>-s<seed> and are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from recipes import _metrics, machine, parse_set  # bench/recipes.py: same helpers, same machine line
+
+from mnist_cnn import config as cfg
+from mnist_cnn.augment import TTA_SHIFTS, tta_flips
+from mnist_cnn.ensemble import evaluate_ensemble, mean_std
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.runs import read_json
+from mnist_cnn.train import train
+
+VALIDATION_SIZE = 5000   # images, fixed for every compared recipe
+ROOT = Path(__file__).resolve().parent.parent
+JSON_LOG = ROOT / "bench" / "results" / "selection-log.json"
+MD_LOG = ROOT / "docs" / "accuracy-log.md"
+MD_HEADER = ("# Accuracy selection log\n\nWritten by `bench/selection.py` (see docs/accuracy.md). Rows marked "
+             "probe are short trials (fewer epochs or images than the recipe), not results. Validation = the "
+             "fixed first 5,000 training images; test is read only by `--final` rows.\n\n"
+             "| date | kind | recipe | data set | settings | seeds | validation % | validation TTA % "
+             "| test % | min/run | machine |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+
+# Overrides that change where or how fast a run goes, not the recipe: left out of its name.
+NOT_RECIPE = ("threads", "device", "data_dir")
+
+
+def recipe_name(preset: str, dataset: str, overrides: dict[str, str]) -> str:
+    return f"{preset}-{dataset}" + "".join(f"-{k}{v}" for k, v in sorted(overrides.items()) if k not in NOT_RECIPE)
+
+
+def train_seeds(preset: str, dataset: str | None, overrides: dict[str, str], seeds: list[int],
+                out: Path) -> tuple[str, cfg.TrainConfig, list[Path]]:
+    """One complete run per seed (reused when complete); all with the fixed validation split."""
+    runs, config = [], None
+    for seed in seeds:
+        config = cfg.make_config(preset, dataset=dataset, seed=seed, **{**overrides, "validation_size": VALIDATION_SIZE})
+        name = f"{recipe_name(preset, config.dataset, overrides)}-s{seed}"
+        run = out / name
+        if (run / "run.json").is_file() and read_json(run / "run.json").get("status") == "complete":
+            print(f"{name}: reusing the complete run", flush=True)
+        else:
+            train(config, out_dir=out, name=name, force=True, progress=False)
+        runs.append(run)
+    return recipe_name(preset, config.dataset, overrides), config, runs
+
+
+def accuracy_over_seeds(runs: list[Path], split: str) -> dict[str, float]:
+    plain = [evaluate_ensemble([r], split).evaluation.accuracy for r in runs]
+    tta = [evaluate_ensemble([r], split, tta=True).evaluation.accuracy for r in runs]
+    (m, s), (tm, ts) = mean_std(plain), mean_std(tta)
+    return {"per_seed": plain, "mean": m, "std": s, "tta_per_seed": tta, "tta_mean": tm, "tta_std": ts}
+
+
+def is_probe(preset: str, overrides: dict[str, str]) -> bool:
+    """A run shorter than its recipe (fewer epochs or a training subset) is a probe, not a result."""
+    base = cfg.make_config(preset)
+    epochs = int(overrides.get("epochs", base.epochs))
+    return epochs < base.epochs or int(overrides.get("train_subset", 0)) > 0
+
+
+def append_logs(entry: dict) -> None:
+    log = json.loads(JSON_LOG.read_text()) if JSON_LOG.is_file() else []
+    JSON_LOG.parent.mkdir(parents=True, exist_ok=True)
+    JSON_LOG.write_text(json.dumps(log + [entry], indent=2) + "\n")
+    if not MD_LOG.is_file():
+        MD_LOG.parent.mkdir(parents=True, exist_ok=True)
+        MD_LOG.write_text(MD_HEADER)
+    v, t = entry["validation"], entry.get("test")
+
+    def pct(mean: float, std: float) -> str:
+        return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+    settings = ", ".join(f"{k}={x}" for k, x in entry["overrides"].items()) or "as preset"
+    test = pct(t["mean"], t["std"]) + f" (TTA {pct(t['tta_mean'], t['tta_std'])})" if t else "-"
+    row = (f"| {entry['date'][:16]} | {entry['kind']} | {entry['preset']} | {entry['dataset']} | {settings} | "
+           f"{' '.join(map(str, entry['seeds']))} | {pct(v['mean'], v['std'])} | {pct(v['tta_mean'], v['tta_std'])} "
+           f"({entry['tta_views']} views) "
+           f"| {test} | {entry['minutes_per_run']:.1f} | {entry['machine']} |\n")
+    with MD_LOG.open("a") as f:
+        f.write(row)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", required=True, choices=cfg.preset_names())
+    p.add_argument("--dataset", help="data set (default: the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. epochs=3")
+    p.add_argument("--out", default="runs/select", help="parent directory of the runs")
+    p.add_argument("--final", action="store_true", help="evaluate on the TEST split: once per final recipe")
+    args = p.parse_args()
+    overrides = parse_set(args.set)
+    if overrides.pop("validation_size", str(VALIDATION_SIZE)) != str(VALIDATION_SIZE):
+        sys.exit(f"selection.py compares recipes on the fixed {VALIDATION_SIZE}-image validation split; "
+                 "drop validation_size from --set")
+    probe = is_probe(args.preset, overrides)
+    if args.final:
+        if probe:
+            sys.exit("--final evaluates a full recipe; drop the epochs/train_subset overrides of a probe")
+        name = recipe_name(args.preset, args.dataset or cfg.make_config(args.preset).dataset, overrides)
+        done = [e for e in (json.loads(JSON_LOG.read_text()) if JSON_LOG.is_file() else [])
+                if e["kind"] == "final" and e["recipe"] == name]
+        if done:
+            sys.exit(f"{name} already had its final test evaluation on {done[0]['date']}; it is done once")
+    try:
+        name, config, runs = train_seeds(args.preset, args.dataset, overrides, args.seeds, Path(args.out))
+        validation = accuracy_over_seeds(runs, "validation")
+        test = accuracy_over_seeds(runs, "test") if args.final else None
+    except MnistCnnError as e:
+        sys.exit(f"error: {e}")
+    minutes = sum(sum(r["seconds"] for r in _metrics(run)) for run in runs) / len(runs) / 60
+    entry = {"kind": "final" if args.final else "probe" if probe else "candidate", "recipe": name,
+             "preset": args.preset, "dataset": config.dataset, "overrides": overrides, "seeds": args.seeds,
+             "runs": [str(r) for r in runs], "validation": validation,
+             "tta_views": len(TTA_SHIFTS) * (2 if tta_flips(cfg.to_dict(config)) else 1), "test": test, "minutes_per_run": minutes,
+             "epochs": config.epochs, "machine": machine(), "command": " ".join(sys.argv),
+             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    append_logs(entry)
+    if args.final:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        (JSON_LOG.parent / f"final-{name}-{stamp}.json").write_text(json.dumps(entry, indent=2) + "\n")
+    print(f"{entry['kind']} {name}: validation {100 * validation['mean']:.2f} ± {100 * validation['std']:.2f}% "
+          f"(TTA {100 * validation['tta_mean']:.2f}%)"
+          + (f", TEST {100 * test['mean']:.2f} ± {100 * test['std']:.2f}%" if test else "")
+          + f", {minutes:.1f} min a run; logged to {MD_LOG}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""bench/selection.py end to end on a synthetic 3-class data set of 5,200 images: selection reads the
+validation split only and logs every tried recipe; --final reads the test split, once per recipe."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import mnist_cnn.ensemble as ensemble
+from conftest import tiny_spec
+from mnist_cnn.data.idx import encode_idx
+from mnist_cnn.data.registry import DATASETS, KEYS
+from synthetic import toy_split
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def select(tmp_path, monkeypatch, data_env):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("mnist_cnn_selection", ROOT / "bench" / "selection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "JSON_LOG", tmp_path / "results" / "selection-log.json")
+    monkeypatch.setattr(module, "MD_LOG", tmp_path / "docs" / "accuracy-log.md")
+    # 5,200 training images: the fixed 5,000 validation ones plus 200 to train on.
+    train, test = toy_split(5200, seed=1, num_classes=3), toy_split(300, seed=2, num_classes=3)
+    arrays = {"train_images": train.images[:, 0].numpy(), "train_labels": train.labels.byte().numpy(),
+              "test_images": test.images[:, 0].numpy(), "test_labels": test.labels.byte().numpy()}
+    data = tmp_path / "data"
+    data.mkdir()
+    ds = tiny_spec(arrays, name="toyset")
+    for key in KEYS:
+        (data / ds.file(key).name).write_bytes(encode_idx(arrays[key]))
+    monkeypatch.setitem(DATASETS, "toyset", ds)
+    splits = []
+    real_load_split = ensemble.load_split
+    monkeypatch.setattr(ensemble, "load_split", lambda c, split, d=None: splits.append(split) or real_load_split(c, split, d))
+    return module, data, splits
+
+
+def run(module, monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["selection.py", *args])
+    return module.main()
+
+
+def test_selection_reads_validation_only_and_final_reads_test_once(select, tmp_path, monkeypatch):
+    module, data, splits = select
+    common = ["--preset", "default", "--dataset", "toyset", "--out", str(tmp_path / "runs"), "--set",
+              f"data_dir={data}", "threads=1", "batch_size=50"]
+    assert run(module, monkeypatch, *common, "epochs=1") == 0
+    assert set(splits) == {"validation"}
+    log = json.loads(module.JSON_LOG.read_text())
+    assert len(log) == 1 and log[0]["kind"] == "probe" and log[0]["test"] is None
+    assert 0 <= log[0]["validation"]["mean"] <= 1 and log[0]["recipe"] == "default-toyset-batch_size50-epochs1"
+    assert "| probe | default | toyset |" in module.MD_LOG.read_text() and log[0]["tta_views"] == 5
+    with pytest.raises(SystemExit, match="drop the epochs"):
+        run(module, monkeypatch, *common, "epochs=1", "--final")
+    with pytest.raises(SystemExit, match="fixed 5000-image validation split"):
+        run(module, monkeypatch, *common, "validation_size=1000")
+    assert set(splits) == {"validation"}
+    assert run(module, monkeypatch, *common, "--final") == 0
+    assert "test" in splits
+    final = json.loads(module.JSON_LOG.read_text())[-1]
+    assert final["kind"] == "final" and 0 <= final["test"]["mean"] <= 1
+    assert len(list(module.JSON_LOG.parent.glob("final-default-toyset-batch_size50-*.json"))) == 1
+    with pytest.raises(SystemExit, match="already had its final test evaluation"):
+        run(module, monkeypatch, *common, "--final")
