@@ -5,6 +5,7 @@ The TF programs themselves run only under .venv-lesson; the project's tests neve
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,15 @@ def test_missing_lesson_venv_is_one_line(driver, tmp_path, capsys):
     assert rc == 1
     assert err.count("\n") == 1 and "make bench-lesson" in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_partial_report_is_saved_after_each_run(driver, tmp_path):
+    out = tmp_path / "results" / "lesson.json"
+    report = {"machine": {"host": "h"}}
+    runs = {2: {"lesson_tf1": [_run(5.0, 4.0)], "keras_fit": [], "mnist_cnn": []}}
+    driver.save(report, runs, out, complete=False)
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False
+    assert saved["runs"]["2"]["lesson_tf1"][0]["epochs"][1]["seconds"] == 4.0
+    assert list(saved["results"]["2"]) == ["lesson_tf1"]
+    assert [p.name for p in out.parent.iterdir()] == ["lesson.json"]

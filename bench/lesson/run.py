@@ -191,7 +191,19 @@ def check_venvs(args: argparse.Namespace) -> None:
             raise BenchError(f"{needs[name]} not found: run {hint}")
 
 
-def bench(args: argparse.Namespace) -> dict[str, Any]:
+def save(report: dict[str, Any], runs: dict[int, dict[str, list]], out: Path, complete: bool) -> None:
+    """Write the report so far (atomically): a bench stopped half-way keeps the runs it finished."""
+    report["complete"] = complete
+    report["machine"]["load_average_end"] = os.getloadavg()
+    report["runs"] = {str(t): v for t, v in runs.items()}
+    report["results"] = {str(t): summarize({n: r for n, r in v.items() if r}) for t, v in runs.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".part")
+    partial.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(partial, out)
+
+
+def bench(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     check_venvs(args)
     report: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
@@ -200,34 +212,27 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if {"lesson_tf1", "keras_fit"} & set(args.programs):
         report["versions"]["lesson"] = package_versions(args.lesson_venv / "bin" / "python",
                                                         ["tensorflow-cpu", "keras", "numpy"])
+    runs: dict[int, dict[str, list]] = {t: {name: [] for name in args.programs} for t in args.threads}
     with tempfile.TemporaryDirectory(prefix="bench-lesson-") as tmp:
         work, npz = Path(tmp), Path(tmp) / "mnist.npz"
         report["data_source"] = run_logged([str(args.venv / "bin" / "python"), "-c", WRITE_NPZ, str(npz)],
                                            "writing MNIST .npz").strip()
-        runs = {t: {name: [] for name in args.programs} for t in args.threads}
         for r in range(args.rounds):
             print(f"round {r + 1}/{args.rounds}", flush=True)
             for t in args.threads:
                 for name in args.programs:
                     runs[t][name].append(run_program(name, args, t, npz, work))
-    report["machine"]["load_average_end"] = os.getloadavg()
-    report["runs"] = {str(t): v for t, v in runs.items()}
-    report["results"] = {str(t): summarize(v) for t, v in runs.items()}
+                    save(report, runs, out, complete=False)
+    save(report, runs, out, complete=True)
     return report
-
-
-def default_out(report: dict[str, Any]) -> Path:
-    stamp = datetime.now().strftime("%Y-%m-%d-%H%M")
-    return ROOT / "bench" / "results" / f"lesson-{stamp}-{report['machine']['host']}.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    out = args.out or ROOT / "bench" / "results" / (
+        f"lesson-{datetime.now().strftime('%Y-%m-%d-%H%M')}-{socket.gethostname()}.json")
     try:
-        report = bench(args)
-        out = args.out or default_out(report)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1) + "\n")
+        report = bench(args, out)
     except (BenchError, OSError) as exc:
         print(f"bench-lesson: {exc}", file=sys.stderr)
         return 1
