@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train test test-fast bench loadtest notebook notebook-run clean
+.PHONY: setup train test test-fast bench bench-lesson loadtest notebook notebook-run clean
 
 setup: $(STAMP)
 
@@ -45,5 +45,20 @@ notebook: $(STAMP)
 notebook-run: $(STAMP)
 	$(BIN)/python tests/notebook_exec.py $(ARGS)
 
+# Optional, not part of `make test`: .venv-lesson holds tensorflow-cpu + Keras 3, kept apart from .venv.
+LESSON_VENV := .venv-lesson
+LESSON_STAMP := $(LESSON_VENV)/.installed
+
+$(LESSON_STAMP): bench/lesson/requirements.txt
+	test -x $(LESSON_VENV)/bin/python || $(PYTHON) -m venv $(LESSON_VENV)
+	$(LESSON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LESSON_VENV)/bin/python -m pip install --quiet -r bench/lesson/requirements.txt
+	touch $(LESSON_STAMP)
+
+## The lesson's TF1 program and Keras 3 fit timed beside --preset seed (issue #11), interleaved:
+## table + bench/results/lesson-<date>-<host>.json (ARGS="--epochs 3 --rounds 2 --threads 2,1").
+bench-lesson: $(STAMP) $(LESSON_STAMP)
+	$(BIN)/python bench/lesson/run.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(LESSON_VENV) build *.egg-info src/*.egg-info .pytest_cache
