@@ -185,11 +185,12 @@ def format_layer_table(rows: Sequence[Layer]) -> str:
 # ---------------------------------------------------------------- training
 
 def preset_names() -> list[str]:
-    """The named recipes: seed (the lesson exactly), default, fast, best.
+    """The named recipes: seed (the lesson exactly), default, fast, best, and the residual-network
+    candidates resnet-digits and resnet-fashion (docs/accuracy.md).
 
     >>> from mnist_cnn import preset_names
     >>> preset_names()
-    ['best', 'default', 'fast', 'seed']
+    ['best', 'default', 'fast', 'resnet-digits', 'resnet-fashion', 'seed']
     """
     from mnist_cnn.config import preset_names as names
 
