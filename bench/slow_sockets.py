@@ -11,7 +11,6 @@ deadline, and the server's RSS when --pid is given. Stops by itself after --seco
 from __future__ import annotations
 
 import argparse
-import io
 import re
 import resource
 import socket
@@ -20,15 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
-
-def digit_png() -> bytes:
-    im = Image.new("L", (28, 28), 0)
-    ImageDraw.Draw(im).line([(8, 7), (20, 7), (12, 22)], fill=255, width=3)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+from loadtest import digit_png  # bench/ is on sys.path when this script runs
 
 
 def rss_mb(pid: int | None) -> float | None:

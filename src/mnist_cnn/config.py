@@ -120,17 +120,10 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """TrainConfig fields from a JSON or TOML file (by suffix; JSON otherwise), e.g. a tune
     study's best-config.json. Only the keys are checked here; `make_config` checks the values."""
-    import json
-    import tomllib
+    from mnist_cnn.fileio import read_settings_file
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        values = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except OSError as e:
-        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise UsageError(f"config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {e}") from None
+    values = read_settings_file(path, "config file")
     if not isinstance(values, dict):
         raise UsageError(f"config file {path} must hold one object of config fields, not {type(values).__name__}")
     unknown = sorted(set(values) - {f.name for f in config_fields()})

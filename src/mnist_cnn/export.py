@@ -58,6 +58,20 @@ def default_onnx_path(run: str | Path) -> Path:
     return path.with_name("model.onnx") if path.name == CHECKPOINT else path.with_suffix(".onnx")
 
 
+@dataclass
+class _Source:
+    """What gets exported, and the images its parity check runs on."""
+
+    model: nn.Module             # a CPU float32 copy in the default memory layout: what ORT runs
+    class_names: list[str]
+    config: dict[str, Any]
+    global_step: int
+    in_channels: int
+    check_images: torch.Tensor   # (N, C, 28, 28) uint8
+    check_labels: torch.Tensor | None
+    check_data: str
+
+
 def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class_names: Sequence[str] | None = None,
                 config: dict[str, Any] | None = None, check_images: torch.Tensor | None = None,
                 check_labels: torch.Tensor | None = None, data_dir: str | None = None, opset: int = OPSET,
@@ -69,27 +83,46 @@ def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class
     (and leaves no file) unless every argmax matches and logits agree within LOGIT_TOLERANCE.
     """
     try:
-        import onnx
         import onnxruntime as ort
     except ImportError:
         raise UsageError("ONNX export needs onnx and onnxruntime: pip install 'mnist-cnn[export]'") from None
-    from mnist_cnn import __version__
-
     started = time.time()
-    path = Path(path)
+    path = _check_output_path(Path(path), force)
+    src = _source(run_or_model, class_names, config, check_images, check_labels, data_dir)
+    try:
+        data = _onnx_bytes(src, path, opset)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        mismatches, max_diff, onnx_correct, torch_correct = _parity(session, src)
+        n = len(src.check_images)
+        if mismatches or not max_diff <= LOGIT_TOLERANCE:  # `not <=` also catches NaN
+            raise ExportError(f"ONNX model disagrees with PyTorch: {mismatches} of {n} predicted classes differ, "
+                              f"max |logit difference| {max_diff:.3g} (limit {LOGIT_TOLERANCE}); nothing written")
+        atomic_write_bytes(path, data)
+    except MnistCnnError:
+        raise
+    except Exception as e:  # exporter / checker / runtime failures: one line, not a traceback
+        raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    accuracy = (lambda c: c / n if src.check_labels is not None else None)
+    return ExportReport(path, n, src.check_data, mismatches, max_diff, accuracy(onnx_correct), accuracy(torch_correct),
+                        time.time() - started, len(data))
+
+
+def _check_output_path(path: Path, force: bool) -> Path:
     if path.suffix.lower() != ".onnx":
         raise UsageError(f"the output file should end in .onnx: {path}")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to replace it")
     if not path.parent.is_dir():
         raise UsageError(f"no directory {path.parent} to write {path.name} into")
+    return path
 
-    check_data = "given images"
-    global_step = 0
+
+def _source(run_or_model: str | Path | nn.Module, class_names: Sequence[str] | None, config: dict[str, Any] | None,
+            check_images: torch.Tensor | None, check_labels: torch.Tensor | None, data_dir: str | None) -> _Source:
+    """The model to export (a run's through the one loader) and its check images."""
+    check_data, global_step = "given images", 0
     if isinstance(run_or_model, nn.Module):
-        model = run_or_model
-        class_names = list(class_names) if class_names is not None else None
-        config = dict(config or {})
+        model, config = run_or_model, dict(config or {})
     else:
         from mnist_cnn.inference import load_classifier
 
@@ -97,14 +130,13 @@ def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class
         if classifier.model is None:
             raise UsageError(f"{run_or_model} is already an ONNX file")
         model, config, global_step = classifier.model, classifier.config, classifier.global_step
-        class_names = list(classifier.class_names)
+        class_names = classifier.class_names
         if check_images is None:
             from mnist_cnn.evaluate import load_split
 
             test = load_split(config, "test", data_dir)
             check_images, check_labels = test.images, test.labels
             check_data = f"{config.get('dataset', '?')} test split"
-    # A CPU float32 copy in the default memory layout: what ONNX Runtime will run.
     model = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).eval()
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     in_channels = first_conv.in_channels if first_conv is not None else 1
@@ -114,10 +146,17 @@ def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class
         check_data = "random uniform images"
     with torch.inference_mode():
         num_classes = model(torch.zeros(1, in_channels, 28, 28)).shape[1]
-    if class_names is None:
-        class_names = [str(k) for k in range(num_classes)]
-    if len(class_names) != num_classes:
-        raise UsageError(f"{len(class_names)} class names for a model with {num_classes} outputs")
+    names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
+    if len(names) != num_classes:
+        raise UsageError(f"{len(names)} class names for a model with {num_classes} outputs")
+    return _Source(model, names, config, global_step, in_channels, check_images, check_labels, check_data)
+
+
+def _onnx_bytes(src: _Source, path: Path, opset: int) -> bytes:
+    """The exported graph with mnist-cnn's metadata, checked by onnx's checker."""
+    import onnx
+
+    from mnist_cnn import __version__
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -125,48 +164,39 @@ def export_onnx(run_or_model: str | Path | nn.Module, path: str | Path, *, class
             # torch >= 2.9 warns that the TorchScript exporter is legacy; the dynamo one needs
             # onnxscript, which we do not depend on. Both give the same graph for these nets.
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, in_channels, 28, 28),), str(tmp), dynamo=False,
+            torch.onnx.export(src.model, (torch.zeros(1, src.in_channels, 28, 28),), str(tmp), dynamo=False,
                               input_names=["images"], output_names=["logits"], opset_version=opset,
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
         proto = onnx.load(str(tmp))
-        meta = {
-            META_CLASS_NAMES: json.dumps(list(class_names)),
-            META_CONFIG: json.dumps(config),
-            META_VERSION: __version__,
-            META_INPUT: f"images: (batch, {in_channels}, 28, 28) float32 = uint8 pixels / 255, white ink on black",
-            "mnist_cnn.global_step": str(global_step),
-        }
-        del proto.metadata_props[:]
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
-        onnx.checker.check_model(proto)
-        data = proto.SerializeToString()
-
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        mismatches, max_diff, onnx_correct, torch_correct = 0, 0.0, 0, 0
-        batch = 1000
-        for i in range(0, len(check_images), batch):  # 10k images: ~1 s each side on a CPU
-            x = to_input(check_images[i:i + batch], channels_last=False)
-            with torch.inference_mode():
-                reference = model(x)
-            got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-            mismatches += int((got.argmax(1) != reference.argmax(1)).sum())
-            max_diff = max(max_diff, float((got - reference).abs().max()))
-            if check_labels is not None:
-                labels = check_labels[i:i + batch].cpu()
-                onnx_correct += int((got.argmax(1) == labels).sum())
-                torch_correct += int((reference.argmax(1) == labels).sum())
-        n = len(check_images)
-        if mismatches or not max_diff <= LOGIT_TOLERANCE:  # `not <=` also catches NaN
-            raise ExportError(f"ONNX model disagrees with PyTorch: {mismatches} of {n} predicted classes differ, "
-                              f"max |logit difference| {max_diff:.3g} (limit {LOGIT_TOLERANCE}); nothing written")
-        atomic_write_bytes(path, data)
-    except MnistCnnError:
-        raise
-    except Exception as e:  # exporter / checker / runtime failures: one line, not a traceback
-        raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    accuracy = (lambda c: c / n if check_labels is not None else None)
-    return ExportReport(path, n, check_data, mismatches, max_diff, accuracy(onnx_correct), accuracy(torch_correct),
-                        time.time() - started, len(data))
+    meta = {
+        META_CLASS_NAMES: json.dumps(src.class_names),
+        META_CONFIG: json.dumps(src.config),
+        META_VERSION: __version__,
+        META_INPUT: f"images: (batch, {src.in_channels}, 28, 28) float32 = uint8 pixels / 255, white ink on black",
+        "mnist_cnn.global_step": str(src.global_step),
+    }
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def _parity(session: Any, src: _Source, batch: int = 1000) -> tuple[int, float, int, int]:
+    """(argmax mismatches, max |logit diff|, ONNX correct, PyTorch correct) over the check images
+    (10k images: ~1 s each side on a CPU)."""
+    mismatches, max_diff, onnx_correct, torch_correct = 0, 0.0, 0, 0
+    for i in range(0, len(src.check_images), batch):
+        x = to_input(src.check_images[i:i + batch], channels_last=False)
+        with torch.inference_mode():
+            reference = src.model(x)
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        mismatches += int((got.argmax(1) != reference.argmax(1)).sum())
+        max_diff = max(max_diff, float((got - reference).abs().max()))
+        if src.check_labels is not None:
+            labels = src.check_labels[i:i + batch].cpu()
+            onnx_correct += int((got.argmax(1) == labels).sum())
+            torch_correct += int((reference.argmax(1) == labels).sum())
+    return mismatches, max_diff, onnx_correct, torch_correct

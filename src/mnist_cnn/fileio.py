@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from mnist_cnn.errors import CheckpointError
+from mnist_cnn.errors import CheckpointError, UsageError
 
 TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp"; see checkpoint.remove_stale_temp_files
 
@@ -65,3 +65,19 @@ def read_json(path: str | Path) -> Any:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
         raise CheckpointError(f"cannot read {path}: not valid JSON ({str(e).splitlines()[0][:160]})") from None
+
+
+def read_settings_file(path: str | Path, what: str) -> Any:
+    """A file a user wrote (a config, a search space): TOML by its suffix, JSON otherwise.
+    Unreadable or malformed -> one UsageError line naming `what` ("config file", ...)."""
+    import tomllib
+
+    path = Path(path)
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+    try:
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise UsageError(f"{what} {path} is not valid {kind}: {str(e).splitlines()[0]}") from None

@@ -6,14 +6,13 @@ refused in a file, so what a trial varies is never silently overridden.
 """
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mnist_cnn import config as cfg
 from mnist_cnn.errors import UsageError
+from mnist_cnn.fileio import read_settings_file
 
 
 @dataclass(frozen=True)
@@ -69,14 +68,7 @@ def read_space_file(path: str | Path) -> dict[str, Param]:
     """A space from TOML (`[lr]` / `low = 1e-4` ...) or JSON (`{"lr": {"low": ...}}`); a bare
     list is a set of choices: `augment = ["none", "affine"]`."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        raw = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except OSError as e:
-        raise UsageError(f"cannot read space file {path}: {e.strerror or e}") from None
-    except ValueError as e:
-        raise UsageError(f"space file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: "
-                         f"{str(e).splitlines()[0]}") from None
+    raw = read_settings_file(path, "space file")
     if not isinstance(raw, dict) or not raw:
         raise UsageError(f"space file {path} must map config fields to ranges or choices")
     return {name: _param(path, name, spec) for name, spec in raw.items()}
