@@ -1,16 +1,8 @@
 """The public Python API: `from mnist_cnn import ...` (the names in `mnist_cnn.__all__`).
 
 Thin, documented functions over the library modules (data, config, train, inference,
-preprocess, evaluate, plots, tbexport), in the order of the lesson:
-
-    data        load_dataset, dataset_from_arrays
-    network     create_model, layer_table, format_layer_table
-    training    preset_names, make_config, train_model
-    using       load_run, to_mnist, classify, Predictions
-    evaluating  evaluate_model, format_evaluation
-    TensorBoard tensorboard_scalars, export_csv
-    figures     plot_digits, plot_history, plot_filters, plot_confusion_matrix,
-                plot_worst_mistakes, plot_scalars
+preprocess, evaluate, plots, tbexport), in the order of the lesson; `help(mnist_cnn)` lists them
+by topic.
 
 Every plot_* function returns a matplotlib Figure (shown inline when it is a notebook cell's
 value) and also writes a PNG when given `path`. Images are uint8 tensors (N, 1, 28, 28),
