@@ -122,3 +122,17 @@ def test_on_epoch_end_can_stop_a_run(tmp_path):
     assert read_json(tmp_path / "run" / "run.json")["status"] == "stopped"
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["global_step"] == 12
     assert (tmp_path / "run" / "plots" / "curves.png").is_file()
+
+
+def test_plain_sgd_without_momentum_trains():
+    """--optimizer sgd --momentum 0 is plain SGD (torch refuses Nesterov without momentum)."""
+    config = cfg.make_config("default", optimizer="sgd", momentum=0.0, lr=0.05, epochs=1, batch_size=50,
+                             schedule="constant")
+    model = create_model("seed")
+    optimizer = train_module.make_optimizer(config, model)
+    assert optimizer.param_groups[0]["nesterov"] is False and optimizer.param_groups[0]["momentum"] == 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.rand(4, 1, 28, 28)).logsumexp(1).mean()
+    loss.backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -39,7 +39,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
+    # Nesterov needs momentum: torch refuses nesterov=True with momentum 0 (plain SGD then).
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
                            weight_decay=config.weight_decay)
 
 
