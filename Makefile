@@ -39,7 +39,7 @@ loadtest: $(STAMP)
 ## Open the lesson notebook in JupyterLab (installs the `notebook` extra, JupyterLab, on first use).
 notebook: $(STAMP)
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/python -m pip install --quiet -e ".[notebook]"
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab notebooks/lesson.ipynb
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab notebooks/lesson.ipynb $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 ## Re-execute the lesson notebook in place on real MNIST (refreshes its outputs and lesson.py; minutes).
 notebook-run: $(STAMP)
