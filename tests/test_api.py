@@ -110,3 +110,13 @@ def test_layer_table_matches_the_lesson():
     assert rows["conv2"].output_shape == (16, 14, 14) and rows["pool2"].output_shape == (16, 7, 7)
     assert rows["flatten"].output_shape == (784,) and rows["fc1"].parameters == 100_480
     assert rows["fc2"].output_shape == (10,) and sum(r.parameters for r in rows.values()) == 104_342
+
+
+def test_create_model_forwards_the_shape_options():
+    from mnist_cnn import create_model
+
+    wide, narrow = create_model("best", width=32), create_model("best")
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in narrow.parameters())
+    assert create_model("resnet", depth=2, width=8)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(UsageError, match="depth"):
+        create_model("seed", depth=2)

@@ -109,17 +109,23 @@ def _labels(labels: Any, n: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- the network
 
-def create_model(name: str = "seed", num_classes: int = 10) -> torch.nn.Module:
-    """A freshly initialised network by its registered name: seed (the lesson's), fast, best.
+def create_model(name: str = "seed", num_classes: int = 10, *, depth: int = 0,
+                 width: int = 0) -> torch.nn.Module:
+    """A freshly initialised network by its registered name: seed (the lesson's), fast, best, resnet.
+
+    `depth` (resnet) and `width` (resnet, best) set its shape as the train flags do; 0 = the
+    network's default, and a shape a network does not take raises UsageError.
 
     >>> from mnist_cnn import create_model
     >>> model = create_model("seed")
     >>> sum(p.numel() for p in model.parameters())
     104342
+    >>> sum(p.numel() for p in create_model("resnet", depth=1, width=24).parameters())
+    173554
     """
     from mnist_cnn.models import create_model as create
 
-    return create(name, num_classes=num_classes)
+    return create(name, num_classes=num_classes, depth=depth, width=width)
 
 
 @dataclass
