@@ -96,3 +96,17 @@ def test_export_command_full_test_set_parity(trained_mnist_run, real_mnist_env, 
     assert main(["evaluate", str(run), "--json", "--no-files"]) == 0
     torch_report = json.loads(capsys.readouterr().out)
     assert onnx_report["accuracy"] == torch_report["accuracy"] and onnx_report["confusion"] == torch_report["confusion"]
+
+
+def test_onnx_runtime_threads_follow_torch(toy_trained_run, tmp_path):
+    """A serve worker sets torch to 1 thread; its ONNX session must not start one per core."""
+    path = tmp_path / "toy.onnx"
+    export_onnx(toy_trained_run, path)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            options = load_classifier(path)._session.get_session_options()
+            assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+    finally:
+        torch.set_num_threads(before)

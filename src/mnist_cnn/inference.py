@@ -161,6 +161,16 @@ def _build_model(state: dict[str, Any], source: Path) -> nn.Module:
     return model
 
 
+def _onnx_options(ort):
+    """ONNX Runtime threads follow torch's thread count (--threads, or 1 per serve worker), so an
+    .onnx model competes for the cores no more than the .pt one would: left alone, every session
+    starts a thread per core, and N serve workers would run N x cores threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return options
+
+
 def _load_onnx(path: Path) -> Classifier:
     if not path.is_file():
         raise UsageError(f"no ONNX file at {path}")
@@ -172,7 +182,8 @@ def _load_onnx(path: Path) -> Classifier:
     try:
         proto = onnx.load(str(path), load_external_data=False)
         meta = {p.key: p.value for p in proto.metadata_props}
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(proto.SerializeToString(), _onnx_options(ort),
+                                       providers=["CPUExecutionProvider"])
     except Exception as e:  # onnx/onnxruntime raise many types for a damaged file
         raise CheckpointError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
     if META_CLASS_NAMES not in meta:
