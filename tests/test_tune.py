@@ -190,7 +190,12 @@ def test_two_tune_processes_share_one_postgresql_study(tmp_path, postgres_url):
     assert [p.returncode for p in procs] == [0, 0], outs
     trials = study_trials(postgres_url, tmp_path, name)
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) >= 3 and len({t.number for t in trials}) == len(trials)
+    # Exactly --trials: a worker counts the other's running trial before starting another (two
+    # workers used to finish with 4, one each after the first pair).
+    assert len(finished) == 3 and len({t.number for t in trials}) == len(trials), [t.state.name for t in trials]
+    surplus = [t for t in trials if t.user_attrs.get("surplus")]
+    assert all(t.state.name == "FAIL" and not t.params for t in surplus)
+    assert sum("not run: the study already has 3 trials" in out for out in outs) == len(surplus)
     by_machine = [{t.number for t in trials if t.user_attrs["run_dir"].startswith(str(tmp_path / f"m{i}"))}
                   for i in range(2)]
     assert all(by_machine), f"both processes must have run trials: {by_machine}"

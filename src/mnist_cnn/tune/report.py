@@ -30,6 +30,11 @@ class StudyReport:
     skipped_plots: dict[str, str] = field(default_factory=dict)   # plot name -> why it was not drawn
 
 
+def state_label(trial: Any) -> str:
+    """Optuna's state, except SURPLUS for a trial a worker created but stood down from (study.py)."""
+    return "SURPLUS" if trial.user_attrs.get("surplus") else trial.state.name
+
+
 def write_trials_csv(study: Any, path: Path) -> None:
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
@@ -40,7 +45,7 @@ def write_trials_csv(study: Any, path: Path) -> None:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
         value = t.value if t.value is not None else (t.intermediate_values[max(t.intermediate_values)]
                                                     if t.intermediate_values else "")
-        writer.writerow([t.number, t.state.name, value, len(t.intermediate_values),
+        writer.writerow([t.number, state_label(t), value, len(t.intermediate_values),
                          f"{seconds:.1f}" if seconds != "" else "", *[t.params.get(n, "") for n in names],
                          t.user_attrs.get("run_dir", "")])
     atomic_write_bytes(path, out.getvalue().encode())
@@ -95,7 +100,7 @@ def test_accuracy(run_dir: Path, dataset: Any = None) -> float:
 def write_report(study: Any, study_dir: Path, dataset: Any = None) -> StudyReport:
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        counts[state_label(t)] = counts.get(state_label(t), 0) + 1
     write_trials_csv(study, study_dir / "trials.csv")
     try:
         best = study.best_trial

@@ -114,6 +114,25 @@ def finished_count(study: Any) -> int:
     return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
 
 
+def started_count(study: Any, below: int | None = None) -> int:
+    """Finished and running trials (numbered below `below`, if given): what other workers will deliver."""
+    return sum(t.state.name in (*FINISHED, "RUNNING") and (below is None or t.number < below)
+               for t in study.get_trials(deepcopy=False))
+
+
+class SurplusTrial(UsageError):
+    """A trial created after the study already had --trials finished or running ones."""
+
+
+def _stop_when_enough_started(trials: int) -> Callable[[Any, Any], None]:
+    # Counting running trials too is what keeps K workers from starting K-1 trials too many: with
+    # finished ones only, every worker that ends a trial just before the target starts another.
+    def callback(study: Any, trial: Any) -> None:
+        if started_count(study) >= trials:
+            study.stop()
+    return callback
+
+
 def run_worker(p: Prepared, worker: int, dataset: Any = None, print_fn: Callable[[str], None] = print) -> None:
     """One worker: runs trials until the study has `trials` finished ones (or the timeout)."""
     optuna = st.require_optuna()
@@ -126,13 +145,12 @@ def run_worker(p: Prepared, worker: int, dataset: Any = None, print_fn: Callable
 
         base = cfg.make_config(s.preset, **s.fixed)
         dataset = load_dataset(base.dataset, base.data_dir, base.validation_size, progress=False)  # once, not per trial
-    remaining = s.trials - finished_count(study)
+    remaining = s.trials - started_count(study)
     if remaining <= 0:
         return
-    states = tuple(getattr(optuna.trial.TrialState, name) for name in FINISHED)
     study.optimize(lambda trial: _objective(trial, p, worker, dataset, storage, print_fn),
                    n_trials=remaining, timeout=s.timeout, catch=(UsageError,),
-                   callbacks=[optuna.study.MaxTrialsCallback(s.trials, states=states)])
+                   callbacks=[_stop_when_enough_started(s.trials)])
 
 
 def _objective(trial: Any, p: Prepared, worker: int, dataset: Any, storage: Any,
@@ -145,6 +163,14 @@ def _objective(trial: Any, p: Prepared, worker: int, dataset: Any, storage: Any,
     try:
         if s.storage is None:
             st.fail_dead_trials(trial.study, storage, s.study_dir, True)  # workers killed since this one started
+        if started_count(trial.study, below=trial.number) >= s.trials:
+            # Two workers counted at the same moment: trial numbers are handed out atomically by the
+            # storage, so the later one stands down before training, leaving exactly --trials.
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            message = f"trial {trial.number} (worker {worker}) not run: the study already has {s.trials} trials"
+            print_fn(message)
+            raise SurplusTrial(message)
         params = suggest(trial, p.space, integer_fields())
         config = cfg.make_config(s.preset, **{**s.fixed, **params, "threads": p.threads})
         name = f"trial-{trial.number:04d}"
