@@ -58,11 +58,22 @@ def train_seeds(preset: str, dataset: str | None, overrides: dict[str, str], see
         name = f"{recipe_name(preset, config.dataset, overrides)}-s{seed}"
         run = out / name
         if (run / "run.json").is_file() and read_json(run / "run.json").get("status") == "complete":
+            check_same_recipe(run, config)
             print(f"{name}: reusing the complete run", flush=True)
         else:
             train(config, out_dir=out, name=name, force=True, progress=False)
         runs.append(run)
     return recipe_name(preset, config.dataset, overrides), config, runs
+
+
+def check_same_recipe(run: Path, config: cfg.TrainConfig) -> None:
+    """A run is reused by name; refuse one whose recipe differs (a preset changed since it ran)."""
+    saved = read_json(run / "config.json")
+    wanted = json.loads(json.dumps(cfg.to_dict(config)))
+    differ = [k for k in sorted(wanted) if k not in NOT_RECIPE and saved.get(k) != wanted[k]]
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)!r} (now {wanted[k]!r})" for k in differ)
+        raise MnistCnnError(f"{run} was trained with another recipe: {shown}; move it away to retrain")
 
 
 def accuracy_over_seeds(runs: list[Path], split: str) -> dict[str, float]:

@@ -67,3 +67,15 @@ def test_selection_reads_validation_only_and_final_reads_test_once(select, tmp_p
     assert len(list(module.JSON_LOG.parent.glob("final-default-toyset-batch_size50-*.json"))) == 1
     with pytest.raises(SystemExit, match="already had its final test evaluation"):
         run(module, monkeypatch, *common, "--final")
+
+
+def test_a_run_of_another_recipe_is_not_reused(select, tmp_path, monkeypatch):
+    """Runs are found by name; if the preset changed since one ran, it is refused, not reused."""
+    module, data, _ = select
+    common = ["--preset", "default", "--dataset", "toyset", "--out", str(tmp_path / "runs"), "--set",
+              f"data_dir={data}", "threads=1", "batch_size=50", "epochs=1"]
+    assert run(module, monkeypatch, *common) == 0
+    assert run(module, monkeypatch, *common) == 0  # same recipe: reused
+    monkeypatch.setitem(module.cfg.PRESETS, "default", {**module.cfg.PRESETS["default"], "lr": 0.5})
+    with pytest.raises(SystemExit, match=r"trained with another recipe: lr 0\.003 \(now 0\.5\); move it away"):
+        run(module, monkeypatch, *common)
