@@ -217,6 +217,6 @@ def test_resnet_trains_end_to_end_and_reloads_with_its_shape(tmp_path):
 
 def test_fashion_preset_trains_end_to_end_with_its_augmentation(tmp_path):
     config = cfg.make_config("resnet-fashion", width=8, epochs=1, batch_size=50, train_subset=200)
-    assert (config.dataset, config.augment, config.validation_size) == ("fashion-mnist", "fashion", 5000)
+    assert (config.dataset, config.augment, config.validation_size) == ("fashion-mnist", "crop+flip", 5000)
     result = train(config, out_dir=tmp_path, name="f", dataset=toy_dataset(), **QUIET)
     assert math.isfinite(result.history[-1].validation_loss)

@@ -85,17 +85,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "best": dict(model="best", epochs=15, batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=0.01,
                  schedule="onecycle", warmup=0.2, label_smoothing=0.1, augment="affine", ema=0.999,
                  validation_size=1000),
-    # Candidates for issue 16 (docs/accuracy.md): the `resnet` network under best's optimiser, with
-    # augmentation chosen per data set and 5,000 fixed validation images for selection. Not yet
-    # confirmed by full runs; `best` stays the measured recipe until they are. Sized for the slowest
-    # 2-core machine measured (AMD EPYC Zen 3): a width-24 step costs ~1.7x a best step there, so 16
-    # epochs of 430 steps fit a 30-minute run at 2 threads (docs/accuracy.md).
-    # Clothes: mirror, pad-and-crop, random erasing. Sets dataset, and refuses digit data sets.
+    # Issue 16's recipes (docs/accuracy.md): the `resnet` network under best's optimiser, augmentation
+    # per data set, 5,000 fixed validation images. Sized for the slowest 2-core machine measured (AMD
+    # EPYC Zen 3): a width-24 step costs ~1.7x a best step there, so 16 epochs of 430 steps fit a
+    # 30-minute run at 2 threads.
+    # Clothes: mirror and pad-and-crop; random erasing (augment=fashion) lost on validation at this
+    # length. Sets dataset, and refuses digit data sets.
     "resnet-fashion": dict(model="resnet", dataset="fashion-mnist", depth=1, width=24, epochs=16,
                            batch_size=128, optimizer="adamw", lr=3e-3, weight_decay=0.01, schedule="onecycle",
-                           warmup=0.2, label_smoothing=0.1, augment="fashion", ema=0.999,
+                           warmup=0.2, label_smoothing=0.1, augment="crop+flip", ema=0.999,
                            validation_size=5000),
-    # Digits (mnist, kmnist, emnist-digits): best's affine warp, never a flip.
+    # Digits (mnist, kmnist, emnist-digits): best's affine warp, never a flip. Not yet compared with
+    # `best` by full runs on validation.
     "resnet-digits": dict(model="resnet", depth=1, width=24, epochs=16, batch_size=128, optimizer="adamw",
                           lr=3e-3, weight_decay=0.01, schedule="onecycle", warmup=0.2, label_smoothing=0.1,
                           augment="affine", ema=0.999, validation_size=5000),
