@@ -24,7 +24,7 @@ from pathlib import Path
 from recipes import _metrics, machine, parse_set  # bench/recipes.py: same helpers, same machine line
 
 from mnist_cnn import config as cfg
-from mnist_cnn.augment import TTA_SHIFTS, tta_flips
+from mnist_cnn.augment import TTA_SHIFTS
 from mnist_cnn.ensemble import evaluate_ensemble, mean_std
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.runs import read_json
@@ -144,7 +144,7 @@ def main() -> int:
     entry = {"kind": "final" if args.final else "probe" if probe else "candidate", "recipe": name,
              "preset": args.preset, "dataset": config.dataset, "overrides": overrides, "seeds": args.seeds,
              "runs": [str(r) for r in runs], "validation": validation,
-             "tta_views": len(TTA_SHIFTS) * (2 if tta_flips(cfg.to_dict(config)) else 1), "test": test, "minutes_per_run": minutes,
+             "tta_views": len(TTA_SHIFTS), "test": test, "minutes_per_run": minutes,
              "epochs": config.epochs, "machine": machine(), "command": " ".join(sys.argv),
              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     append_logs(entry)

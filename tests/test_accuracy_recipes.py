@@ -7,7 +7,7 @@ import torch
 
 from mnist_cnn import config as cfg
 from mnist_cnn.augment import (COMBINATIONS, CROP_PAD, ERASE_AREA, FLIP_PARTS, PARTS, augment, erase_boxes,
-                               parse_augment, random_crop, random_erase, random_flip, tta_flips, tta_views)
+                               parse_augment, random_crop, random_erase, random_flip, tta_views)
 from mnist_cnn.ensemble import classifier_log_probs
 from mnist_cnn.cli import main
 from mnist_cnn.data.registry import DATASETS
@@ -65,11 +65,7 @@ def test_cli_refuses_flips_for_mnist_in_one_line(capsys):
     assert err.count("\n") == 1 and "mirrors images left-right" in err and "fashion-mnist" in err
 
 
-@pytest.mark.parametrize("dataset", NOT_SYMMETRIC + ["folder", "toy"])
-def test_test_time_views_of_digits_are_never_mirrored(dataset):
-    assert not tta_flips({"dataset": dataset, "augment": "fashion"})
-    assert tta_flips({"dataset": "fashion-mnist", "augment": "fashion"})
-    assert not tta_flips({"dataset": "fashion-mnist", "augment": "affine"})  # never trained on mirror images
+def test_tta_views_are_five_shifts_and_optionally_their_mirrors():
     x = batch(4)
     plain, mirrored = tta_views(x), tta_views(x, flip=True)
     assert len(plain) == 5 and len(mirrored) == 10
@@ -89,9 +85,11 @@ class CountingClassifier:
         return self.net(images_u8.float() / 255)
 
 
-def test_tta_mirrors_only_fashion_runs_trained_with_flips():
+def test_evaluate_tta_never_mirrors_not_even_flip_trained_fashion_runs():
+    # Mirrored views tied with shifts alone on Fashion-MNIST validation (docs/accuracy.md), so --tta
+    # runs the 5 shifted views for every data set: a mirror would be a 6th..10th forward pass.
     images = (batch(6) * 255).to(torch.uint8)
-    for dataset, views in (("mnist", 5), ("kmnist", 5), ("fashion-mnist", 10)):
+    for dataset, views in (("mnist", 5), ("kmnist", 5), ("fashion-mnist", 5)):
         c = CountingClassifier(dataset)
         lp = classifier_log_probs(c, images, tta=True)
         assert c.calls == views and lp.shape == (6, 10) and torch.allclose(lp.exp().sum(1), torch.ones(6, dtype=lp.dtype))

@@ -184,7 +184,8 @@ TTA_SHIFTS = ((0, 0), (-1, 0), (1, 0), (0, -1), (0, 1))
 
 def tta_views(x: torch.Tensor, flip: bool = False) -> list[torch.Tensor]:
     """Deterministic shifted copies of a batch (N, C, H, W) for test-time augmentation; with `flip`
-    (only for mirror-symmetric data sets, see tta_flips) also the left-right mirror of each: 10 views.
+    also the left-right mirror of each (10 views). `evaluate --tta` uses the shifts only: mirrors
+    tied with them on Fashion-MNIST validation (docs/accuracy.md); bench/tta_compare.py asks for both.
 
     Shifts move pixels with zero fill (not wrap-around), like a digit written slightly off-centre.
     """
@@ -197,17 +198,3 @@ def tta_views(x: torch.Tensor, flip: bool = False) -> list[torch.Tensor]:
         h, w = x.shape[-2:]
         views.append(padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w])
     return views + [v.flip(-1) for v in views] if flip else views
-
-
-def tta_flips(config: dict) -> bool:
-    """Whether test-time views of a run trained with `config` include mirror images: only when it
-    was trained with flips (a model that never saw a mirror image gets worse on them), which config
-    validation allows only for data sets marked flip_symmetric (never digits or letters)."""
-    from mnist_cnn.data.registry import DATASETS
-
-    spec = DATASETS.get(config.get("dataset") or "")
-    try:
-        trained_with_flips = bool(set(parse_augment(config.get("augment") or "none")) & set(FLIP_PARTS))
-    except UsageError:  # a run from a newer mnist-cnn with augmentations unknown here
-        return False
-    return bool(spec and spec.flip_symmetric and trained_with_flips)

@@ -223,7 +223,7 @@ def _evaluate_ensemble(args: argparse.Namespace) -> int:
     if args.files and args.out:
         write_report(result.evaluation, result.data.images, args.out)
     if args.json:
-        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta, "tta_flips": result.flips,
+        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta,
                           "members": [vars(m) for m in result.members]}, indent=2))
         return 0
     print(format_members(result) + "\n")

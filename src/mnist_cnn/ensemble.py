@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mnist_cnn.augment import TTA_SHIFTS, tta_flips, tta_views
+from mnist_cnn.augment import TTA_SHIFTS, tta_views
 from mnist_cnn.errors import UsageError
 from mnist_cnn.evaluate import Evaluation, ensemble_log_probs, load_split, summarize
 
@@ -37,14 +37,12 @@ class EnsembleEvaluation:
     members: list[Member]
     tta: bool
     data: Any                # the data.Split evaluated (images for the report's figures)
-    flips: bool = False      # the TTA views included mirror images (mirror-symmetric data sets)
 
 
 def classifier_log_probs(classifier, images_u8: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """(N, C) float64 log-probabilities of one classifier; with `tta`, of its probabilities
-    averaged over len(TTA_SHIFTS) shifted views (that many forward passes), twice as many with
-    their mirror images for runs trained with flips (Fashion-MNIST only; augment.tta_flips)."""
-    views = tta_views(images_u8, flip=tta_flips(classifier.config)) if tta else [images_u8]
+    averaged over len(TTA_SHIFTS) shifted views (that many forward passes)."""
+    views = tta_views(images_u8) if tta else [images_u8]
     return ensemble_log_probs([torch.log_softmax(classifier.logits(v).double(), 1) for v in views])
 
 
@@ -75,13 +73,12 @@ def evaluate_ensemble(runs: Sequence[str | Path], split: str = "test", data_dir:
                               float(-lp[torch.arange(len(labels)), labels].mean())))
     evaluation = summarize(ensemble_log_probs(member_log_probs), labels, first.class_names, split)
     evaluation.source = " + ".join(str(c.source) for c in classifiers) + (" (TTA)" if tta else "")
-    return EnsembleEvaluation(evaluation, members, tta, part, flips=tta and tta_flips(first.config))
+    return EnsembleEvaluation(evaluation, members, tta, part)
 
 
 def format_members(result: EnsembleEvaluation) -> str:
     """One line per member and one for the ensemble, for the console."""
-    views = (f", each averaged over {len(TTA_SHIFTS)} shifted views" + (" and their mirror images" if result.flips else "")
-             if result.tta else "")
+    views = f", each averaged over {len(TTA_SHIFTS)} shifted views" if result.tta else ""
     lines = [f"Ensemble of {len(result.members)} (average of probabilities{views}):"]
     width = max(len(m.source) for m in result.members)
     for m in result.members:
