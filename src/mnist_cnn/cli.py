@@ -176,8 +176,7 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
                         "(their probabilities averaged)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each model's probabilities over the image and its four "
-                        "1-pixel shifts (5x the compute); for runs trained with --augment flip (fashion-mnist only) also "
-                        "their mirror images (10x)")
+                        "1-pixel shifts (5x the compute)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"), help="which split (default: test)")
     p.add_argument("--data-dir", help="directory holding the IDX files, tried first")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
