@@ -183,8 +183,8 @@ def format_layer_table(rows: Sequence[Layer]) -> str:
 # ---------------------------------------------------------------- training
 
 def preset_names() -> list[str]:
-    """The named recipes: seed (the lesson exactly), default, fast, best (a VGG-style MNIST recipe),
-    resnet-digits (the most accurate on MNIST) and resnet-fashion (on Fashion-MNIST); docs/accuracy.md.
+    """The named recipes: seed (the lesson exactly), default, fast, best (the most accurate on MNIST),
+    resnet-digits (a residual net that ties it) and resnet-fashion (Fashion-MNIST); docs/accuracy.md.
 
     >>> from mnist_cnn import preset_names
     >>> preset_names()

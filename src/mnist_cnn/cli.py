@@ -37,9 +37,9 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--preset", default=None, choices=cfg.preset_names(),
                    help="named starting config: 'seed' is the lesson exactly, 'default' the lesson's network trained the modern way, "
-                        "'fast' a small net reaching 99%% in seconds, 'best' a VGG-style MNIST recipe (half the time of "
-                        "resnet-digits), 'resnet-digits' the most accurate MNIST recipe, 'resnet-fashion' the most "
-                        "accurate Fashion-MNIST one (docs/accuracy.md) (default: default)")
+                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate MNIST recipe, 'resnet-digits' "
+                        "a residual net that ties it in twice the time, 'resnet-fashion' the most accurate "
+                        "Fashion-MNIST one (docs/accuracy.md) (default: default)")
     group = p.add_argument_group("config overrides (defaults shown are the 'default' preset's)")
     for f in cfg.config_fields():
         if f.name == "preset":
