@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import mnist_cnn.train as train_module
 from mnist_cnn import config as cfg
@@ -82,6 +83,16 @@ def test_histograms_skip_non_finite_weights(tmp_path):
     logger = RunLogger(tmp_path, print_fn=lambda s: None, progress=False)
     logger.histograms(model, 1)
     logger.close()
+    events = EventAccumulator(str(tmp_path / "train"), size_guidance={"histograms": 0})
+    events.Reload()
+    tags = set(events.Tags()["histograms"])
+    finite = {f"weights/{name}" for name, _ in model.named_parameters() if name != "fc1.weight"}
+    assert tags == finite, "every finite parameter, and not the all-NaN fc1.weight"
+    fc2 = events.Histograms("weights/fc2.weight")[0].histogram_value
+    assert fc2.num == model.fc2.weight.numel() - 1, "the finite rest of fc2.weight, without its inf"
+    rest = model.fc2.weight.detach().flatten()[1:]
+    assert (fc2.min, fc2.max) == (pytest.approx(rest.min().item()), pytest.approx(rest.max().item()))
+    assert fc2.sum == pytest.approx(rest.sum().item(), abs=1e-5)
 
 
 @pytest.mark.parametrize("flags, code, message", [

@@ -15,7 +15,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -70,18 +70,31 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: 
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     order = torch.Generator().manual_seed(config.seed)
-    ratio = (end / start) ** (1 / (steps - 1))   # the rate is multiplied by this each step
-    lrs, losses, smoothed = [], [], []
-    average, best, diverged_at = 0.0, math.inf, None
     model.train()
-    for step in range(steps):
-        lr = start * ratio ** step
+
+    def step_loss(lr: float) -> float:
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = torch.randint(0, len(labels), (config.batch_size,), generator=order)
         x = augment(to_input(images[idx].to(device), config.channels_last), config.augment)
         loss, _ = train_step(model, optimizer, x, labels[idx].to(device), config.label_smoothing)
-        value = loss.item()  # one sync per step: the stop rule needs the value now
+        return loss.item()  # one sync per step: the stop rule needs the value now
+
+    result = sweep(start, end, steps, step_loss)
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir), config)
+    return result
+
+
+def sweep(start: float, end: float, steps: int, step_loss: Callable[[float], float]) -> LrFindResult:
+    """Grow the rate geometrically from `start` to `end` over `steps` calls of `step_loss(lr)` (one
+    training step at that rate, returning its loss); stop early once the smoothed loss diverges."""
+    ratio = (end / start) ** (1 / (steps - 1))   # the rate is multiplied by this each step
+    lrs, losses, smoothed = [], [], []
+    average, best, diverged_at = 0.0, math.inf, None
+    for step in range(steps):
+        lr = start * ratio ** step
+        value = step_loss(lr)
         average = SMOOTHING * average + (1 - SMOOTHING) * value
         smooth = average / (1 - SMOOTHING ** (step + 1))
         lrs.append(lr), losses.append(value), smoothed.append(smooth)
@@ -90,10 +103,7 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: 
             diverged_at = lr
             break
     suggested, min_over_10 = suggest(lrs, smoothed)
-    result = LrFindResult(lrs, losses, smoothed, suggested, min_over_10, diverged_at)
-    if out_dir is not None:
-        write_outputs(result, Path(out_dir), config)
-    return result
+    return LrFindResult(lrs, losses, smoothed, suggested, min_over_10, diverged_at)
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
