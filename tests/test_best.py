@@ -134,6 +134,7 @@ def small(**kw):
 
 
 def test_resume_with_augmentation_and_ema_is_bit_identical(toy, tmp_path):
+    # Bit-identity on one machine: both runs are made here, on this CPU, with the same threads.
     config = small()
     full = train(config, out_dir=tmp_path, name="full", dataset=toy, **QUIET)
     with pytest.raises(TrainingInterrupted):  # at step 8 = mid-epoch 2, after the epoch-1 checkpoint

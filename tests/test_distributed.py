@@ -62,9 +62,12 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for name in wa:  # the same steps up to float summation order (measured: max diff ~6e-7)
         torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4, msg=name)
+    # Accuracies are counts: a prediction at a near-tie may flip with the summation order (more
+    # likely on some CPUs' kernels than others), so one image of the 40 validation images, and a
+    # few of the ~350 training images, may differ; a wrong shard or average moves them far more.
     for ra, rb in zip(metrics(a), metrics(b), strict=True):
-        assert ra["train_accuracy"] == rb["train_accuracy"]
-        assert ra["validation_accuracy"] == pytest.approx(rb["validation_accuracy"], abs=1e-6)
+        assert ra["train_accuracy"] == pytest.approx(rb["train_accuracy"], abs=0.01)
+        assert ra["validation_accuracy"] == pytest.approx(rb["validation_accuracy"], abs=1 / 40 + 1e-6)
         for key in ("train_loss", "validation_loss", "lr"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
 

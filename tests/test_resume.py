@@ -7,6 +7,10 @@ The runs use tests/resume_driver.py: the real CLI with the toy data set swapped 
 `step K` line after each step (see there). 3 epochs x 12 steps of 50 images each.
 Random kill points are drawn from a fresh seed; a failure message names it for a rerun
 (MNIST_CNN_KILL_SEED=<seed>).
+
+Bit-identity is the point here, and it is asserted on one machine: the interrupted run and its
+reference run on the same CPU, with the same thread count, in the same session. Nothing is
+compared against figures recorded on another machine.
 """
 from __future__ import annotations
 

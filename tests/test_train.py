@@ -59,6 +59,7 @@ def test_training_learns_and_writes_every_output(toy, tmp_path):
 
 
 def test_same_seed_same_weights_and_different_seed_differs(toy, tmp_path):
+    # Determinism on one machine (same CPU, same threads); no figure from another machine.
     a = train(small(epochs=1), out_dir=tmp_path, name="a", dataset=toy, **QUIET).model.state_dict()
     b = train(small(epochs=1), out_dir=tmp_path, name="b", dataset=toy, **QUIET).model.state_dict()
     c = train(small(epochs=1, seed=1), out_dir=tmp_path, name="c", dataset=toy, **QUIET).model.state_dict()
@@ -68,6 +69,7 @@ def test_same_seed_same_weights_and_different_seed_differs(toy, tmp_path):
 
 @pytest.mark.parametrize("stop_at", [5, 12, 17])  # mid-epoch, at an epoch end, mid-epoch 2
 def test_interrupted_then_resumed_is_bit_identical(toy, tmp_path, stop_at):
+    # Bit-identity on one machine: both runs are made here, on this CPU, with the same threads.
     config = small(epochs=3, checkpoint_every=4)
     full = train(config, out_dir=tmp_path, name="full", dataset=toy, **QUIET)
     with pytest.raises(TrainingInterrupted, match="--resume"):
