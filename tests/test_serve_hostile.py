@@ -127,6 +127,20 @@ def test_eps_never_reaches_ghostscript(server):
     assert "Ghostscript" not in server.log()
 
 
+def test_images_costly_to_decode_are_refused_without_starving_others(server):
+    """Issue #24 rows 1-2: four images whose segments, scans or chunks would cost seconds of CPU
+    each are refused (422) by the decode budget while a normal request goes through."""
+    from test_decode_budget import many_app1_jpeg, many_iccp_png, repeated_scan_jpeg
+
+    hostile = [many_app1_jpeg(1_000_000), many_app1_jpeg(4_000_000), repeated_scan_jpeg(1000, size=2000),
+               many_iccp_png(16_000)]
+    with ThreadPoolExecutor(4) as pool:
+        results = check_attack(server, lambda: list(pool.map(lambda body: timed_post(server, body), hostile)))
+    assert [s for s, _ in results] == [422] * 4
+    status, answer = server.post_json(hostile[2])
+    assert "refused before decoding: more than 64 JPEG scans" in answer["error"]
+
+
 # ---------------------------------------------------------------- bodies that cost memory to hold or parse
 def test_many_16MB_json_bodies_at_once(server):
     junk = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(11_999_000)).decode()
