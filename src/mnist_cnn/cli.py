@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.errors import MnistCnnError, UsageError, escape_controls
 
 
 def path_arg(what: str) -> Callable[[str], str]:
@@ -456,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.command_fn(args)
     except MnistCnnError as e:
-        print(f"mnist-cnn: error: {e}", file=sys.stderr)
+        print(f"mnist-cnn: error: {escape_controls(str(e))}", file=sys.stderr)   # paths, names from files
         return e.exit_code
     except KeyboardInterrupt:
         print("mnist-cnn: interrupted", file=sys.stderr)
