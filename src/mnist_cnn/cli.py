@@ -367,7 +367,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
                    help=f"seconds a client has to send its request body (default: {d.body_timeout:g}), else 408")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="answer requests whose Host is NAME too (repeatable; default: localhost, 127.0.0.1, ::1 "
-                        "only; '*' = any, which lets other web sites reach the server by DNS rebinding)")
+                        "only; '*.example.com' = its subdomains; '*' = any, which lets other web sites reach the "
+                        "server by DNS rebinding)")
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API (repeatable; "
                         "default: cross-origin POSTs are refused)")
