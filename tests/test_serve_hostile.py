@@ -11,11 +11,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import shutil
+import signal
 import socket
 import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -304,3 +308,45 @@ def test_header_block_over_32_KiB_sent_in_one_piece_is_431(server, kib):
     with socket.create_connection(server.address, timeout=10) as s:
         s.sendall(small)
         assert read_replies(s, 1) == [200]
+
+
+# ---------------------------------------------------------------- a worker lost while the run is gone
+def worker_pids(srv: ServerProcess) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    return [pid for pid in srv.children()
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def zombies(srv: ServerProcess) -> list[int]:
+    return [pid for pid in srv.children() if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"]
+
+
+def test_worker_killed_after_the_checkpoint_was_deleted(toy_trained_run, tmp_path):
+    """Issue #24 row 3: the replacement worker fails in one line, the supervisor notices at once
+    and says so in one line, no zombie is left, the other worker keeps serving, and SIGINT stops
+    the server in seconds."""
+    run = tmp_path / "run"
+    shutil.copytree(toy_trained_run, run)
+    log = tmp_path / "serve.log"
+    with ServerProcess(run, "--workers", "2", log=log) as srv:
+        assert srv.request("GET", "/api/info", timeout=180)[0] == 200            # workers have loaded the model
+        workers = worker_pids(srv)
+        assert len(workers) == 2, workers
+        (run / "checkpoint.pt").unlink()
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 90                 # the replacement imports torch first (seconds)
+        while "serving with 1 of 2 workers" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        text = srv.log()
+        assert "serving with 1 of 2 workers" in text, text[-3000:]
+        cannot = [line for line in text.splitlines() if "cannot start" in line]
+        assert len(cannot) == 1 and "has no checkpoint.pt" in cannot[0], text[-3000:]
+        assert "Traceback" not in text
+        time.sleep(0.5)
+        assert zombies(srv) == []
+        assert srv.post_json(drawing())[0] == 200                           # the other worker still serves
+        t0 = time.perf_counter()
+        srv.proc.send_signal(signal.SIGINT)
+        srv.proc.wait(timeout=30)
+        stopped_s = time.perf_counter() - t0
+    assert stopped_s < 10, f"SIGINT took {stopped_s:.1f} s"
