@@ -12,6 +12,7 @@ at the first limit passed.
 """
 from __future__ import annotations
 
+import io
 import mmap
 import re
 import struct
@@ -39,6 +40,13 @@ def decode_problem(data: Buffer, fmt: str) -> str | None:
     if fmt == "PNG":
         return png_problem(data)
     return None
+
+
+def file_decode_problem(fp: io.BytesIO | io.BufferedReader, fmt: str) -> str | None:
+    """`decode_problem` of a whole file open for reading, seen through its buffer or a memory
+    map: a large file is not read into memory for the count."""
+    with fp.getbuffer() if isinstance(fp, io.BytesIO) else mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        return decode_problem(view, fmt)
 
 
 def jpeg_problem(data: Buffer) -> str | None:

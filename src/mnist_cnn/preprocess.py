@@ -7,7 +7,6 @@ at the centre. We redo exactly that for any picture: photo, scan, drawing on a w
 from __future__ import annotations
 
 import io
-import mmap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
-from mnist_cnn.decode_budget import decode_problem
+from mnist_cnn.decode_budget import file_decode_problem
 from mnist_cnn.errors import MnistCnnError
 
 # Pixel budget, checked from the file's header before any pixel is decoded. Decoding costs up
@@ -84,7 +83,10 @@ def open_image(source: str | Path | bytes) -> Image.Image:
         if fmt is None:
             fp.close()
             raise ImageError(f"{name} is not a readable image (accepted: {', '.join(FORMATS)})")
-        check_decode_budget(fp, fmt, name)
+        problem = file_decode_problem(fp, fmt)    # decode_budget.py: before Pillow sees the file
+        if problem:
+            fp.close()
+            raise ImageError(f"{name} is refused before decoding: {problem}")
         fp.seek(0)
         image = Image.open(fp, formats=FORMATS)
         check_size(image, name)
@@ -100,16 +102,6 @@ def open_image(source: str | Path | bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"{name} is not a readable image ({str(e).splitlines()[0][:120] or type(e).__name__})") from None
     return image
-
-
-def check_decode_budget(fp: io.BytesIO | io.BufferedReader, fmt: str, name: str) -> None:
-    """Refuse an image whose segments, scans or chunks would cost more to decode than any real
-    one (decode_budget.py), reading the whole file through a memory map, not into memory."""
-    with fp.getbuffer() if isinstance(fp, io.BytesIO) else mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:
-        problem = decode_problem(view, fmt)
-    if problem:
-        fp.close()
-        raise ImageError(f"{name} is refused before decoding: {problem}")
 
 
 def check_size(image: Image.Image, name: str) -> None:
