@@ -192,3 +192,15 @@ def test_expanded_weight_is_refused_before_it_is_materialised(toy_trained_run, t
         rc, out, err = run_cli(argv, capsys)
         assert "does not fit this model: size mismatch" in one_line_error(rc, err, 1)
     assert all(n < 10**8 for n in largest)
+
+
+# ---------------------------------------------------------------- serve's Host patterns (TrustedHostMiddleware)
+def test_allow_host_patterns_are_checked_and_given_to_trusted_host_middleware(tmp_path, capsys):
+    from mnist_cnn.serve.guard import trusted_host_patterns
+
+    assert trusted_host_patterns(("digits.example.", "fe80::1", "*.lan")) == [
+        "localhost", "localhost.", "127.0.0.1", "127.0.0.1.", "[::1]", "digits.example", "digits.example.",
+        "[fe80::1]", "*.lan", "*.lan."]
+    for bad in ("a*b", "*example.com", ""):
+        rc, out, err = run_cli(["serve", tmp_path, "--allow-host", bad], capsys)
+        assert "--allow-host takes a host name" in one_line_error(rc, err, 2)
