@@ -71,6 +71,13 @@ def many_iccp_png(n: int) -> bytes:
     return real[:33] + iccp * n + real[33:]             # after the signature and IHDR (8 + 25 bytes)
 
 
+def gif_with_extensions(extensions: bytes) -> bytes:
+    """A small real GIF with `extensions` (raw extension blocks) before its image."""
+    real = encoded(digit("L", 40).convert("P"), "GIF")
+    image_at = real.index(b"\x2c", 13 + (3 << ((real[10] & 7) + 1) if real[10] & 0x80 else 0))
+    return real[:image_at] + extensions + real[image_at:]
+
+
 @pytest.fixture
 def pillow_opens(monkeypatch) -> list[int]:
     """Counts the calls to Pillow's Image.open made by preprocess."""
@@ -92,6 +99,8 @@ def pillow_opens(monkeypatch) -> list[int]:
     (lambda: many_iccp_png(16_000), "more than one PNG iCCP"),
     (lambda: encoded(digit(), "PNG")[:33] + png_chunk(b"tEXt", b"k\x00v") * 1000 + encoded(digit(), "PNG")[33:],
      "more than 64 PNG ancillary chunks"),
+    (lambda: gif_with_extensions(b"\x21\xfe" + b"\x01x" * 100_000 + b"\x00"), "more than 4096 GIF extension blocks"),
+    (lambda: gif_with_extensions(b"\x21\xfe\x00" * 100_000), "more than 4096 GIF extension blocks"),
 ])
 def test_costly_structures_are_refused_before_pillow_sees_them(make, words, pillow_opens, tmp_path):
     data = make()
@@ -137,3 +146,10 @@ def test_jpeg_with_exif_xmp_and_a_multi_chunk_icc_profile_passes():
 def test_scan_count_limit_sits_between_real_and_hostile_files():
     assert jpeg_problem(repeated_scan_jpeg(MAX_JPEG_SCANS - 12, size=64)) is None     # 6 scans + repeats
     assert jpeg_problem(repeated_scan_jpeg(MAX_JPEG_SCANS, size=64)) == f"more than {MAX_JPEG_SCANS} JPEG scans"
+
+
+def test_real_gifs_pass_and_decode(pillow_opens):
+    frames = [digit("L", 60).convert("P"), Image.new("P", (60, 60))]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], loop=0, comment=b"a digit " * 200)
+    assert pp.preprocess(data).image.shape == (1, 28, 28)
+    assert pillow_opens == [1]

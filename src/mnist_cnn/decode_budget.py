@@ -7,7 +7,8 @@ image. A 16 MB body of 4 million empty APP1 segments, or a progressive JPEG with
 repeated 1,000 times, or a PNG with 16,000 iCCP chunks, costs seconds of CPU and hundreds of MB
 while holding a decode slot. Real files have a handful of metadata segments, at most a few dozen
 scans and one ICC profile, so the limits below are far above them and far below an attack.
-The scan is a few C-level searches over the bytes: microseconds for a normal image, and it stops
+GIF extension blocks before the first image are counted too (Pillow reads them one by one in
+Python). The scan is a few C-level searches over the bytes: microseconds for a normal image, and it stops
 at the first limit passed.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ MAX_JPEG_SCANS = 64        # SOS: baseline has 1 per component, libjpeg's progre
 MAX_PNG_CHUNKS = 8192      # IDAT included: libpng splits image data into 8 KiB chunks (16 MiB -> 2,048)
 MAX_PNG_ANCILLARY = 64     # chunks other than IHDR, PLTE, IDAT, IEND (text, gamma, pHYs, ...)
 MAX_PNG_ICCP = 1           # the PNG spec allows one; Pillow decompresses each it meets
+MAX_GIF_BLOCKS = 4096      # extensions + their data sub-blocks before the first image (comments, XMP, loop)
 # A marker in JPEG entropy-coded data: 0xFF then a byte that is not stuffing (00), a restart
 # marker (D0-D7) or fill (FF).
 _JPEG_MARKER = re.compile(rb"\xff+([^\x00\xd0-\xd7\xff])")
@@ -34,12 +36,9 @@ Buffer = Union[bytes, memoryview, mmap.mmap]
 
 def decode_problem(data: Buffer, fmt: str) -> str | None:
     """Why `data` (a whole encoded image of format `fmt`: bytes, a memoryview or a file's mmap) would cost
-    more to decode than any real image, or None; formats other than JPEG and PNG pass."""
-    if fmt == "JPEG":
-        return jpeg_problem(data)
-    if fmt == "PNG":
-        return png_problem(data)
-    return None
+    more to decode than any real image, or None; formats other than JPEG, PNG and GIF pass."""
+    check = {"JPEG": jpeg_problem, "PNG": png_problem, "GIF": gif_problem}.get(fmt)
+    return check(data) if check else None
 
 
 def file_decode_problem(fp: io.BytesIO | io.BufferedReader, fmt: str) -> str | None:
@@ -99,4 +98,24 @@ def png_problem(data: Buffer) -> str | None:
         if kind == b"IEND":
             break
         pos += 12 + length                         # length, type, data, CRC
+    return None
+
+
+def gif_problem(data: Buffer) -> str | None:
+    """What makes this GIF too costly (None when nothing does): the extension sub-blocks before its
+    first image counted (Pillow reads each in Python; the image's own data is read in C)."""
+    if len(data) < 13:
+        return None
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)       # after the global colour table
+    blocks = 0                                                        # extensions and their sub-blocks
+    while pos + 2 <= len(data) and data[pos] == 0x21:                # an extension: label, sub-blocks
+        pos += 2
+        blocks += 1
+        while pos < len(data) and data[pos] and blocks <= MAX_GIF_BLOCKS:
+            blocks += 1
+            pos += 1 + data[pos]
+        if blocks > MAX_GIF_BLOCKS:
+            return f"more than {MAX_GIF_BLOCKS} GIF extension blocks before the image"
+        pos += 1                                                      # the terminating empty sub-block
     return None
