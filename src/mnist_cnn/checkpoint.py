@@ -60,7 +60,7 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint and check its structure (`check_schema`); any problem is one CheckpointError
-    line naming the file and the field. Non-finite weights load, with a warning on stderr."""
+    line naming the file and the field. Weights are looked at only once loaded into a model (load_model_state)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -81,10 +81,6 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     problem = check_schema(state)
     if problem:
         raise CheckpointError(f"{path} is not a usable mnist-cnn checkpoint: {problem}")
-    bad = [k for k in ("model", "ema") if isinstance(state.get(k), dict) and not _all_finite(state[k])]
-    if bad:
-        print(f"warning: {path} holds weights that are not finite (NaN or inf) in {' and '.join(bad)}; "
-              "its predictions are meaningless (did training diverge? try a lower --lr)", file=sys.stderr)
     return state
 
 
@@ -275,9 +271,18 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path | str) -> None:
-    """Load weights, turning a shape or key mismatch into a one-line CheckpointError."""
+    """Load weights, turning a shape or key mismatch into a one-line CheckpointError; warn on
+    stderr when they are not finite.
+
+    The shapes are checked (by load_state_dict) before any value is looked at: a small file can
+    hold a tensor that claims 10^9 elements over one stored value (`expand`), which the finite
+    check would materialise; once loaded, every tensor is the model's own size."""
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        detail = str(e).strip().splitlines()[0]
+        lines = str(e).strip().splitlines()
+        detail = next((line.strip() for line in lines[1:] if line.strip()), lines[0] if lines else "")
         raise CheckpointError(f"{source} does not fit this model: {detail[:200]}") from None
+    if not _all_finite(model.state_dict()):
+        print(f"warning: {source} holds weights that are not finite (NaN or inf); its predictions are "
+              "meaningless (did training diverge? try a lower --lr)", file=sys.stderr)

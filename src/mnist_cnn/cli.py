@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.errors import MnistCnnError, UsageError, escape_controls
 
 
 def path_arg(what: str) -> Callable[[str], str]:
@@ -367,7 +367,8 @@ def add_serve(p: argparse.ArgumentParser) -> None:
                    help=f"seconds a client has to send its request body (default: {d.body_timeout:g}), else 408")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="answer requests whose Host is NAME too (repeatable; default: localhost, 127.0.0.1, ::1 "
-                        "only; '*' = any, which lets other web sites reach the server by DNS rebinding)")
+                        "only; '*.example.com' = its subdomains; '*' = any, which lets other web sites reach the "
+                        "server by DNS rebinding)")
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API (repeatable; "
                         "default: cross-origin POSTs are refused)")
@@ -456,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.command_fn(args)
     except MnistCnnError as e:
-        print(f"mnist-cnn: error: {e}", file=sys.stderr)
+        print(f"mnist-cnn: error: {escape_controls(str(e))}", file=sys.stderr)   # paths, names from files
         return e.exit_code
     except KeyboardInterrupt:
         print("mnist-cnn: interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any
 
 from mnist_cnn.errors import CheckpointError, UsageError
 
+MAX_SETTINGS_BYTES = 1 << 20   # a config or search-space file; real ones are a few KB
 TEMP_SUFFIX = ".tmp"  # temp files are ".<name>.<random>.tmp"; see checkpoint.remove_stale_temp_files
 
 
@@ -69,15 +70,23 @@ def read_json(path: str | Path) -> Any:
 
 def read_settings_file(path: str | Path, what: str) -> Any:
     """A file a user wrote (a config, a search space): TOML by its suffix, JSON otherwise.
-    Unreadable or malformed -> one UsageError line naming `what` ("config file", ...)."""
+    Unreadable, larger than MAX_SETTINGS_BYTES (an endless /dev/zero or pipe included), nested
+    too deeply or malformed -> one UsageError line naming `what` ("config file", ...)."""
     import tomllib
 
     path = Path(path)
     kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SETTINGS_BYTES + 1)    # bounded: the file may never end
+        if len(data) > MAX_SETTINGS_BYTES:
+            raise UsageError(f"{what} {path} is larger than {MAX_SETTINGS_BYTES >> 20} MiB; "
+                             "a settings file is a few kilobytes")
+        text = data.decode("utf-8")
         return tomllib.loads(text) if kind == "TOML" else json.loads(text)
     except OSError as e:
         raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
         raise UsageError(f"{what} {path} is not valid {kind}: {str(e).splitlines()[0]}") from None
+    except RecursionError:  # json and tomllib recurse once per level of nesting
+        raise UsageError(f"{what} {path} is not valid {kind}: nested too deeply") from None

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_cnn.errors import CheckpointError, UsageError
+from mnist_cnn.errors import CheckpointError, UsageError, escape_controls
 
 PIXEL_SCALE = 255.0  # uint8 pixel -> [0, 1]: the lesson's input scaling, here and nowhere else
 
@@ -141,7 +141,7 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     # Outputs and status belong to the run only when the file is the run's own checkpoint.
     run_dir = checkpoint.parent if checkpoint.name == CHECKPOINT else None
     status = read_run_info(run_dir)["status"] if run_dir is not None else "unknown"
-    return Classifier(tuple(state["class_names"]), dict(state["config"]), path, "run", model=model,
+    return Classifier(tuple(escape_controls(c) for c in state["class_names"]), dict(state["config"]), path, "run", model=model,
                       run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status)
 
 
@@ -186,12 +186,49 @@ def _load_onnx(path: Path) -> Classifier:
                                        providers=["CPUExecutionProvider"])
     except Exception as e:  # onnx/onnxruntime raise many types for a damaged file
         raise CheckpointError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
+    class_names, config, global_step = _onnx_metadata(meta, path)
+    _check_onnx_fits(session, len(class_names), path)
+    return Classifier(class_names, config, path, "onnx", _session=session, global_step=global_step)
+
+
+def _onnx_metadata(meta: dict[str, str], path: Path) -> tuple[tuple[str, ...], dict[str, Any], int]:
+    """(class names, config, global step) from an .onnx file's mnist-cnn metadata, checked."""
     if META_CLASS_NAMES not in meta:
         raise CheckpointError(f"{path} has no {META_CLASS_NAMES} metadata; export it with `mnist-cnn export`")
     try:
-        class_names = tuple(str(c) for c in json.loads(meta[META_CLASS_NAMES]))
+        class_names = json.loads(meta[META_CLASS_NAMES])
         config = json.loads(meta.get(META_CONFIG, "{}"))
-    except ValueError as e:
-        raise CheckpointError(f"{path} has unreadable mnist-cnn metadata: {e}") from None
-    return Classifier(class_names, config, path, "onnx", _session=session,
-                      global_step=int(meta.get("mnist_cnn.global_step", 0)))
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path} has unreadable mnist-cnn metadata: {escape_controls(str(e))[:160]}") from None
+    if not isinstance(class_names, list) or not class_names or not all(isinstance(c, str) for c in class_names):
+        raise CheckpointError(f"{path} has bad {META_CLASS_NAMES} metadata: {_preview(meta[META_CLASS_NAMES])} "
+                              "(must be a non-empty JSON list of strings)")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} has bad {META_CONFIG} metadata: {_preview(meta[META_CONFIG])} (must be a JSON object)")
+    step = meta.get("mnist_cnn.global_step", "0")
+    if not (step.isascii() and step.isdigit()):
+        raise CheckpointError(f"{path} has bad mnist_cnn.global_step metadata: {_preview(step)} (must be a whole number)")
+    return tuple(escape_controls(c) for c in class_names), config, int(step)
+
+
+def _check_onnx_fits(session: Any, num_classes: int, path: Path) -> None:
+    """One input of (batch, 1, 28, 28) and one output of (batch, classes), or a one-line error."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise CheckpointError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an mnist-cnn model "
+                              "has one of each (images -> logits)")
+    shape_in, shape_out = list(inputs[0].shape), list(outputs[0].shape)
+    if len(shape_in) != 4 or shape_in[1:] != [1, 28, 28]:
+        raise CheckpointError(f"{path} takes input of shape {_dims(shape_in)}; mnist-cnn feeds (batch, 1, 28, 28)")
+    if len(shape_out) != 2 or (isinstance(shape_out[1], int) and shape_out[1] != num_classes):
+        raise CheckpointError(f"{path} gives output of shape {_dims(shape_out)} for {num_classes} class names; "
+                              f"expected (batch, {num_classes})")
+
+
+def _dims(shape: list[Any]) -> str:
+    return "(" + ", ".join(str(d) if isinstance(d, int) else "batch" for d in shape) + ")"
+
+
+def _preview(text: str) -> str:
+    text = escape_controls(text)
+    return repr(text if len(text) <= 60 else text[:57] + "...")

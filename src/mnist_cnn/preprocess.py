@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
+from mnist_cnn.decode_budget import file_decode_problem
 from mnist_cnn.errors import MnistCnnError
 
 # Pixel budget, checked from the file's header before any pixel is decoded. Decoding costs up
@@ -78,9 +79,14 @@ def open_image(source: str | Path | bytes) -> Image.Image:
             if Path(source).stat().st_size == 0:
                 raise ImageError(f"{name} is empty (0 bytes)")
             fp = open(source, "rb")  # noqa: SIM115 (Pillow closes it with the image)
-        if sniff_format(fp.read(16)) is None:
+        fmt = sniff_format(fp.read(16))
+        if fmt is None:
             fp.close()
             raise ImageError(f"{name} is not a readable image (accepted: {', '.join(FORMATS)})")
+        problem = file_decode_problem(fp, fmt)    # decode_budget.py: before Pillow sees the file
+        if problem:
+            fp.close()
+            raise ImageError(f"{name} is refused before decoding: {problem}")
         fp.seek(0)
         image = Image.open(fp, formats=FORMATS)
         check_size(image, name)

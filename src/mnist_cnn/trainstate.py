@@ -196,7 +196,7 @@ class TrainState:
         if self.schedule is not None:
             self.schedule.load_state_dict(state["schedule"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
+            load_model_state(self.ema.model, state["ema"], source)
         restore_global_rng_state(state["rng"])
         self.data_order.set_state(state["rng"]["data_order"])
         self.epoch_start_order = state["rng"]["data_order_epoch_start"]

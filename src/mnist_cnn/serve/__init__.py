@@ -3,7 +3,7 @@
 FastAPI on uvicorn (the optional extra `serve`). `config` holds the settings (no heavy imports,
 so `--help` stays fast); `app` the routes; `guard` the rules every request passes; `protocol`
 uvicorn's HTTP parser with header limits; `bodies` request-body parsing; `predictor` the model
-side; `server` starts it all. From Python:
+side; `server` starts it all, and `supervisor` watches the worker processes of `--workers N`. From Python:
 
     from mnist_cnn.serve.config import ServeConfig
     from mnist_cnn.serve.server import serve

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnist_cnn import __version__
+from mnist_cnn.errors import MnistCnnError, escape_controls
 from mnist_cnn.preprocess import FORMATS, ImageError, png_size
 from mnist_cnn.serve.bodies import MAX_BATCH, RequestError, batch_images_from_body, image_bytes_from_body
 from mnist_cnn.serve.config import ServeConfig
@@ -216,8 +217,17 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def app_from_env() -> Guard:
-    """The app for a uvicorn worker process: its ServeConfig comes as JSON in MNIST_CNN_SERVE_CONFIG."""
+    """The app for a uvicorn worker process: its ServeConfig comes as JSON in MNIST_CNN_SERVE_CONFIG.
+
+    A worker that cannot load the model says why in one line and exits with uvicorn's
+    STARTUP_FAILURE, which the supervisor takes as "do not restart" (supervisor.py)."""
+    from uvicorn.config import STARTUP_FAILURE
+
     from mnist_cnn.serve.config import limit_torch_threads
 
     limit_torch_threads()
-    return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))
+    try:
+        return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))
+    except MnistCnnError as e:
+        print(f"serve: worker process {os.getpid()} cannot start: {escape_controls(str(e))}", file=sys.stderr, flush=True)
+        sys.exit(STARTUP_FAILURE)

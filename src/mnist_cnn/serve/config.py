@@ -23,7 +23,7 @@ class ServeConfig:
     header_timeout: float = 10.0      # seconds from connecting to the end of the request's headers
     body_timeout: float = 30.0        # seconds to send the whole body
     keep_alive: float = 5.0           # seconds an idle kept-alive connection stays open
-    allow_hosts: tuple[str, ...] = () # Host names answered besides localhost, 127.0.0.1, ::1 ("*": any)
+    allow_hosts: tuple[str, ...] = () # Host names answered besides localhost, 127.0.0.1, ::1 ("*.d": d's subdomains, "*": any)
     cors: tuple[str, ...] = ()        # origins whose pages may POST (e.g. http://localhost:3000)
     log_all: bool = False             # log every request, not only refused ones
 
@@ -42,6 +42,9 @@ class ServeConfig:
         for name in ("header_timeout", "body_timeout", "keep_alive"):
             if not 0 < getattr(self, name) < 3600:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and 3600 seconds")
+        for name in self.allow_hosts:   # TrustedHostMiddleware's patterns: a name, "*", or "*.domain"
+            if not name or "*" in name[1:] or (name.startswith("*") and name != "*" and not name.startswith("*.")):
+                raise UsageError(f"--allow-host takes a host name, *.domain or *, not {name!r}")
         for origin in self.cors:
             if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
                 raise UsageError(f"--cors takes an origin like http://localhost:3000 (scheme, host, port), not {origin!r}")

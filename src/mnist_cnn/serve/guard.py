@@ -1,7 +1,14 @@
-"""The rules every request passes before it reaches a route: an ASGI middleware, no framework.
+"""The rules every request passes before it reaches a route.
 
-- Host must name this machine (localhost names, plus --allow-host): a page on another site that
-  re-points its DNS name at 127.0.0.1 (DNS rebinding) sends its own name as Host.
+Standard parts do what they can (wired in app.create_app and server.uvicorn_config):
+- Host: Starlette's TrustedHostMiddleware decides whether Host names this machine (localhost
+  names, plus --allow-host), against DNS rebinding: a page on another site that re-points its
+  name at 127.0.0.1 sends its own name as Host. The refusal is ours: 421 as JSON.
+- --cors: Starlette's CORSMiddleware answers preflights and adds Access-Control-* headers.
+- uvicorn: limit_concurrency (--max-connections, 503 beyond), timeout_keep_alive (--keep-alive);
+  protocol.py adds the header deadline and size cap that uvicorn's httptools parser lacks.
+
+`Guard` keeps only what those lack:
 - POSTs from a browser on another origin (Origin / Sec-Fetch-Site) are refused unless that origin
   was given with --cors. Browsers send text/plain, form and multipart POSTs across origins without
   asking first (CORS "simple" requests), so the server refuses them itself; CORS headers alone
@@ -9,32 +16,31 @@
 - Bodies need a Content-Length no larger than the limit, are read here chunk by chunk with a
   deadline, and reserve their size from a per-process byte budget first, so many large uploads
   at once are refused (429) instead of held in memory together.
-- Paths with control characters are refused, and the request log escapes them.
+- Paths with control characters and repeated Host/Content-Length/Origin headers are refused (400),
+  and the request log escapes control characters.
 """
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Awaitable, Callable
 
 import anyio
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import JSONResponse
+
+from mnist_cnn.errors import escape_controls
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+SINGLE_HEADERS = (b"host", b"content-length", b"origin")   # two of them: which one counts is ambiguous
 SMALL_BODY = 1 << 20           # bodies up to 1 MiB draw on their own pool: big uploads never starve drawings
 SMALL_POOL = 32 << 20          # bytes of small bodies held at once per process
 LARGE_POOL = 24 << 20          # bytes of larger bodies held at once per process: one 16 MiB upload, three 8 MiB
-CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
-
-
-def escape_controls(text: str) -> str:
-    """Control characters as \\xNN, so a request cannot write terminal escapes into the log."""
-    return text.translate(CONTROL)
 
 
 class ByteBudget:
@@ -59,13 +65,35 @@ class Refusal(Exception):
         self.status, self.headers = status, headers or {}
 
 
-async def send_json(send: Send, status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(obj).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-           (b"cache-control", b"no-store")]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+def trusted_host_patterns(allow_hosts: tuple[str, ...]) -> list[str]:
+    """TrustedHostMiddleware's allowed_hosts: the local names and --allow-host ones, each also with
+    the trailing dot of a fully qualified name ("localhost."); IPv6 literals in brackets."""
+    names = [*LOCAL_HOSTS, *(f"[{h}]" if ":" in h and not h.startswith("[") else h.rstrip(".") for h in allow_hosts)]
+    return [p for n in names for p in ((n,) if n == "*" or n.startswith("[") else (n, n + "."))]
+
+
+class HostCheck:
+    """Starlette's TrustedHostMiddleware as a yes/no question, so the refusal can be our JSON 421."""
+
+    def __init__(self, allow_hosts: tuple[str, ...]) -> None:
+        self.names = ", ".join(sorted({*LOCAL_HOSTS, *allow_hosts}))
+        self.middleware = TrustedHostMiddleware(self.allowed, trusted_host_patterns(allow_hosts), www_redirect=False)
+
+    @staticmethod
+    async def allowed(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["mnist_cnn.host_ok"] = True       # reached only when the middleware lets the request through
+
+    async def check(self, scope: Scope, host: str) -> None:
+        async def nothing() -> Message:
+            return {"type": "http.disconnect"}
+
+        async def discard(message: Message) -> None:   # the middleware's own plain-text 400
+            pass
+
+        await self.middleware(scope, nothing, discard)
+        if not scope.pop("mnist_cnn.host_ok", False):
+            raise Refusal(421, f"this server answers to {self.names}, not Host {host!r}; "
+                               "start it with --allow-host NAME to add a name")
 
 
 class Guard:
@@ -75,8 +103,7 @@ class Guard:
                  max_body: int = 16 << 20, body_timeout: float = 30.0,
                  log: Callable[[str], None] | None = None, log_all: bool = False) -> None:
         self.app = app
-        self.any_host = "*" in allow_hosts
-        self.hosts = LOCAL_HOSTS | {h.lower().rstrip(".") for h in allow_hosts}
+        self.hosts = HostCheck(allow_hosts)
         self.cors = frozenset(o.rstrip("/") for o in cors)
         self.max_body, self.body_timeout = max_body, body_timeout
         self.small, self.large = ByteBudget(SMALL_POOL), ByteBudget(max(LARGE_POOL, max_body))
@@ -96,32 +123,31 @@ class Guard:
             await send(message)
 
         try:
-            headers = self.check(scope)
+            headers = await self.check(scope)
             if scope["method"] in BODY_METHODS:
                 await self.with_body(scope, receive, send_checked, headers)
             else:
                 await self.app(scope, receive, send_checked)
         except Refusal as r:
             if status == 0:
-                await send_json(send_checked, r.status, {"error": str(r), "status": r.status}, r.headers)
+                answer = JSONResponse({"error": str(r), "status": r.status}, r.status,
+                                      {"Cache-Control": "no-store", **r.headers})
+                await answer(scope, receive, send_checked)
         finally:
             if self.log_all or status >= 400 or status == 0:
                 self.log_request(scope, status)
 
-    def check(self, scope: Scope) -> dict[bytes, bytes]:
+    async def check(self, scope: Scope) -> dict[bytes, bytes]:
         """Refuse bad paths, foreign Host names and cross-origin writes; the headers as a dict."""
-        path = scope["path"]
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in path):
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in scope["path"]):
             raise Refusal(400, "control characters in the request path")
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
-            if name in headers and name in (b"host", b"content-length", b"origin"):
+            if name in headers and name in SINGLE_HEADERS:
                 raise Refusal(400, f"more than one {name.decode()} header")
             headers[name] = value
         host = headers.get(b"host", b"").decode("latin-1")
-        if not self.any_host and host_name(host) not in self.hosts:
-            raise Refusal(421, f"this server answers to {', '.join(sorted(self.hosts))}, not Host {host!r}; "
-                               "start it with --allow-host NAME to add a name")
+        await self.hosts.check(scope, host)
         if scope["method"] not in ("GET", "HEAD"):
             self.check_origin(headers, host)
         return headers
@@ -184,7 +210,7 @@ class Guard:
                 chunk = message.get("body", b"")
                 got += len(chunk)
                 if got > min(n, self.max_body):
-                    raise Refusal(413, f"request body longer than its Content-Length or the limit", {"Connection": "close"})
+                    raise Refusal(413, "request body longer than its Content-Length or the limit", {"Connection": "close"})
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     break
@@ -198,12 +224,3 @@ class Guard:
         target = escape_controls(scope["path"] + (f"?{query}" if query else ""))
         self.log(f'{client[0]}:{client[1]} - "{scope["method"]} {target} HTTP/{scope["http_version"]}" '
                  f"{status or 'no answer'}")
-
-
-def host_name(host: str) -> str:
-    """"localhost:8000" -> "localhost", "[::1]:8000" -> "::1"; lower case, no trailing dot."""
-    if host.startswith("["):
-        return host[1:].partition("]")[0].lower()
-    if host.count(":") == 1:
-        host = host.partition(":")[0]
-    return host.lower().rstrip(".")

@@ -32,10 +32,15 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.header_bytes = 0
         self.deadline: asyncio.TimerHandle | None = None
-        self.in_headers = True
+        self.expect_headers()
         self.start_deadline()
+
+    def expect_headers(self) -> None:
+        """The next bytes are a request line and headers: count them from zero."""
+        self.in_headers = True
+        self.header_bytes = 0            # of the request being read, request line included
+        self.tail = b""                   # its last 3 bytes, to find a CRLFCRLF split across reads
 
     def start_deadline(self) -> None:
         timeout = getattr(self.config, "header_timeout", DEFAULT_HEADER_TIMEOUT)
@@ -43,8 +48,7 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if not self.in_headers:        # the next request on a kept-alive connection
-            self.in_headers, self.header_bytes = True, 0
+        if self.deadline is None:        # the next request on a kept-alive connection
             self.start_deadline()
 
     def on_headers_complete(self) -> None:
@@ -54,14 +58,38 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.deadline = None
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.expect_headers()
+
     def data_received(self, data: bytes) -> None:
-        counting = self.in_headers
-        super().data_received(data)
-        if counting and self.in_headers and not self.transport.is_closing():
-            self.header_bytes += len(data)
-            if self.header_bytes > MAX_HEADER_BYTES:
-                self.refuse(431, "Request Header Fields Too Large",
-                            f"request headers longer than {MAX_HEADER_BYTES} bytes")
+        """Feed the parser up to each end of a header block, so a request's header bytes are
+        counted on their own, not with the requests pipelined after it in the same read."""
+        start = 0
+        while start < len(data) and not self.transport.is_closing():
+            stop = self.header_end(data, start)
+            piece = data[start:stop]
+            if self.in_headers:
+                self.header_bytes += len(piece)
+                if self.header_bytes > MAX_HEADER_BYTES:
+                    return self.refuse(431, "Request Header Fields Too Large",
+                                       f"request headers longer than {MAX_HEADER_BYTES} bytes")
+                self.tail = (self.tail + piece)[-3:]
+            super().data_received(piece)
+            start = stop
+
+    def header_end(self, data: bytes, start: int) -> int:
+        """Where the piece starting at `start` ends: just after the next CRLFCRLF (one that began in
+        the previous read included), or the end of `data`.
+
+        A request that begins after a body in the same read is counted from the next read, so
+        the parser holds at most the limit plus one read (uvicorn reads 64-256 KiB at a time)."""
+        if start == 0 and self.in_headers and self.tail:
+            found = (self.tail + data[:3]).find(b"\r\n\r\n")
+            if found >= 0:
+                return found + 4 - len(self.tail)
+        found = data.find(b"\r\n\r\n", start)
+        return len(data) if found < 0 else found + 4
 
     def headers_too_slow(self) -> None:
         self.deadline = None

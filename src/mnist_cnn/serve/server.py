@@ -21,7 +21,8 @@ INSTALL_HINT = "mnist-cnn serve needs FastAPI and uvicorn: pip install 'mnist-cn
 BACKLOG = 2048                 # connections waiting for accept(); bursts beyond it are reset by the kernel
 GRACEFUL_S = 3                 # seconds Ctrl-C waits for requests in flight
 WORKER_START_S = 120           # a worker imports torch and loads the model before it answers the
-                               # supervisor's health check; uvicorn's 5 s kills it on a busy machine
+                               # supervisor's health check; uvicorn's 5 s kills it on a busy machine.
+                               # The wait ends early when the worker dies or Ctrl-C comes (supervisor.py)
 
 
 def require_web_stack() -> None:
@@ -89,7 +90,6 @@ def serve(config: ServeConfig, print_fn: Callable[[str], None] = print) -> None:
     config.check()
     require_web_stack()
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from mnist_cnn.serve.app import CONFIG_ENV, create_app
     from mnist_cnn.serve.config import limit_torch_threads
@@ -120,7 +120,9 @@ def serve(config: ServeConfig, print_fn: Callable[[str], None] = print) -> None:
         if config.workers == 1:
             uvicorn.Server(uv).run(sockets=[sock])
         else:
-            Multiprocess(uv, sockets=[sock]).run()
+            from mnist_cnn.serve.supervisor import Supervisor
+
+            Supervisor(uv, sockets=[sock]).run()
     except KeyboardInterrupt:
         pass
     finally:
