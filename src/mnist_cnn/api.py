@@ -377,18 +377,9 @@ def evaluate_model(model: Any, split: str | Split = "test", dataset: Dataset | N
     >>> result.images, len(result.confusion), sum(map(sum, result.confusion)), 0 <= result.accuracy <= 1
     (10, 10, 10, True)
     """
-    from mnist_cnn.evaluate import SPLITS, evaluate_classifier, load_split
+    from mnist_cnn.evaluate import evaluate
 
-    classifier = load_run(model)
-    if isinstance(split, Split):
-        part, split_name = split, "given"
-    else:
-        if split not in SPLITS:
-            raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-        part = getattr(dataset, split) if dataset is not None else load_split(
-            classifier.config, split, str(data_dir) if data_dir else None)
-        split_name = split
-    return evaluate_classifier(classifier, part, split_name)
+    return evaluate(model, split, dataset, data_dir)
 
 
 def format_evaluation(evaluation: Evaluation) -> str:
@@ -481,7 +472,7 @@ def plot_history(history: Any, path: str | Path | None = None):
     result); or {name: history} to compare runs (validation curves).
 
     >>> from mnist_cnn import plot_history
-    >>> from mnist_cnn.runlog import EpochRecord
+    >>> from mnist_cnn.runs import EpochRecord
     >>> history = [EpochRecord(e, 1.0, 1e-4, 1 / e, 0.9 + e / 100, 1.1 / e, 0.9 + e / 110) for e in (1, 2, 3)]
     >>> fig = plot_history(history)
     >>> [ax.get_title() for ax in fig.axes]

@@ -190,45 +190,25 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from mnist_cnn.evaluate import evaluate_classifier, format_report, load_split, write_report
+    from mnist_cnn.evaluate import evaluate, format_members, format_report, write_report
     from mnist_cnn.inference import load_classifier
 
-    if len(args.run) > 1 or args.tta:
-        return _evaluate_ensemble(args)
-    classifier = load_classifier(args.run[0], args.device)
-    part = load_split(classifier.config, args.split, args.data_dir)
-    result = evaluate_classifier(classifier, part, args.split)
-    if args.files:
-        write_report(result, part.images, args.out or classifier.output_dir("evaluation"), classifier.global_step)
+    many = len(args.run) > 1 or args.tta
+    models = args.run if many else load_classifier(args.run[0], args.device)
+    result = evaluate(models, args.split, data_dir=args.data_dir, tta=args.tta, device=args.device)
+    # An ensemble has no run directory of its own: its files are written only with --out.
+    out = args.out or (None if many else models.output_dir("evaluation"))
+    if args.files and out:
+        write_report(result, result.split_data.images, out, 0 if many else models.global_step)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(format_report(result))
-        if result.files:
-            print("\nWrote " + ", ".join(result.files[k] for k in ("report", "confusion", "mistakes"))
-                  + f"\nTensorBoard images: tensorboard --logdir {result.files['tensorboard']}")
-    return 0
-
-
-def _evaluate_ensemble(args: argparse.Namespace) -> int:
-    """Several runs (and/or TTA): member and ensemble accuracy; the full report of the ensemble.
-    Files are written only with --out (an ensemble has no run directory of its own)."""
-    import json
-
-    from mnist_cnn.ensemble import evaluate_ensemble, format_members
-    from mnist_cnn.evaluate import format_report, write_report
-
-    result = evaluate_ensemble(args.run, args.split, args.data_dir, args.device, tta=args.tta)
-    if args.files and args.out:
-        write_report(result.evaluation, result.data.images, args.out)
-    if args.json:
-        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta,
-                          "members": [vars(m) for m in result.members]}, indent=2))
         return 0
-    print(format_members(result) + "\n")
-    print(format_report(result.evaluation))
-    if result.evaluation.files:
-        print("\nWrote " + ", ".join(result.evaluation.files[k] for k in ("report", "confusion", "mistakes")))
+    if many:
+        print(format_members(result) + "\n")
+    print(format_report(result))
+    if result.files:
+        print("\nWrote " + ", ".join(result.files[k] for k in ("report", "confusion", "mistakes"))
+              + ("" if many else f"\nTensorBoard images: tensorboard --logdir {result.files['tensorboard']}"))
     return 0
 
 

@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mnist_cnn.data.idx import atomic_write, encode_idx, maybe_gunzip, parse_idx, read_idx_bytes
+from mnist_cnn.data.idx import encode_idx, maybe_gunzip, parse_idx, read_idx_bytes
 from mnist_cnn.data.registry import KEYS, DatasetSpec, FileSpec
 from mnist_cnn.errors import DataError
+from mnist_cnn.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _move_aside(path: Path) -> str:
 def _store(cache: Path, f: FileSpec, raw: bytes) -> None:
     """Put verified bytes in the cache; only now are bad copies kept aside deleted."""
     try:
-        atomic_write(cache / f.name, raw)
+        atomic_write_bytes(cache / f.name, raw)
     except OSError as exc:
         raise _cache_write_error(cache, exc) from exc
     for name in f.local_names():
