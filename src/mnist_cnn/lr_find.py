@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from mnist_cnn.augment import augment
-from mnist_cnn.config import TrainConfig
+from mnist_cnn.config import TrainConfig, setting
 from mnist_cnn.data import load_dataset
 from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import atomic_write_bytes
@@ -35,6 +35,18 @@ SKIP_START = 10      # first steps ignored by the suggestion: the smoothed loss 
 
 
 @dataclass
+class LrFindSettings:
+    """`mnist-cnn lr-find`'s own settings (the config flags say what is trained); its flags and
+    --help are generated from these fields."""
+
+    start: float = setting(1e-7, "first learning rate")
+    end: float = setting(10.0, "last learning rate")
+    steps: int = setting(200, "optimizer steps of the sweep")
+    out_dir: str = setting("lr-find", "where lr-find.csv and lr-find.png go; no run directory is made",
+                           flag="--out", metavar="DIR")
+
+
+@dataclass
 class LrFindResult:
     lrs: list[float]
     losses: list[float]            # raw loss per step
@@ -46,8 +58,9 @@ class LrFindResult:
     png_path: Path | None = None
 
 
-def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: float = 10.0,
-            steps: int = 200, out_dir: str | Path | None = "lr-find") -> LrFindResult:
+def lr_find(config: TrainConfig, dataset: Any = None, start: float = LrFindSettings.start,
+            end: float = LrFindSettings.end, steps: int = LrFindSettings.steps,
+            out_dir: str | Path | None = LrFindSettings.out_dir) -> LrFindResult:
     """Sweep the learning rate over `steps` optimizer steps; write CSV + PNG into `out_dir`."""
     if not (0 < start < end) or not math.isfinite(end):
         raise UsageError(f"--start and --end must satisfy 0 < start < end, not {start:g} .. {end:g}")

@@ -152,20 +152,8 @@ def predictions_json(predictions: list[FilePrediction]) -> list[dict[str, Any]]:
 
 def to_mnist(image: ImageLike) -> torch.Tensor:
     """One image as the network sees it: (1, 28, 28) uint8, white ink on black, MNIST-style.
-
-    A 28x28 array or tensor (uint8 0..255, or float 0..1) is taken as it is, already MNIST-style.
-    Anything else (a file path, bytes, a PIL image, an array of another size) goes through
-    MNIST's own recipe: greyscale, dark-on-light inverted, ink cropped, longer side scaled to
-    20 px, centre of mass at the centre of the 28x28 field.
-
-    >>> from mnist_cnn import to_mnist
-    >>> from PIL import Image, ImageDraw
-    >>> page = Image.new("L", (200, 300), 255)        # a white page...
-    >>> ImageDraw.Draw(page).line([(100, 40), (100, 260)], fill=0, width=24)  # ...with a dark "1"
-    >>> seen = to_mnist(page)
-    >>> seen.shape, seen.dtype, int(seen[0, 14, 14]) > 200, int(seen[0, 0, 0])
-    (torch.Size([1, 28, 28]), torch.uint8, True, 0)
-    """
+    A 28x28 array or tensor is taken as it is; anything else goes through `preprocess`
+    (examples: mnist_cnn.to_mnist)."""
     if isinstance(image, (np.ndarray, torch.Tensor)):
         a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if a.shape[-2:] == (28, 28) and a.size == 28 * 28:
@@ -215,24 +203,9 @@ class Predictions:
 
 
 def classify(model: Any, images: Any, batch_size: int = 1000) -> Predictions:
-    """Classify images with a trained network (`load_run`'s result, a run path or `train_model`'s result).
-
-    `images`: a batch as an array or tensor (N, 28, 28) / (N, 1, 28, 28) (uint8 0..255 or float
-    0..1, MNIST-style already), or one image or a list of images of any kind `to_mnist` takes
-    (paths, PIL images, arrays of any size).
-
-    >>> import numpy as np
-    >>> import torch
-    >>> from mnist_cnn import classify, dataset_from_arrays, make_config, train_model
-    >>> import tempfile
-    >>> ds = dataset_from_arrays(np.zeros((60, 28, 28), np.uint8), np.arange(60) % 10, validation_size=10)
-    >>> run = train_model(make_config("seed", epochs=1, batch_size=50), dataset=ds, out_dir=tempfile.mkdtemp(), quiet=True)
-    >>> result = classify(run, ds.test.images[:4])
-    >>> len(result), result.probabilities.shape, bool(torch.allclose(result.probabilities.sum(1), torch.ones(4, dtype=torch.float64)))
-    (4, torch.Size([4, 10]), True)
-    >>> len(classify(run, np.zeros((28, 28), np.uint8)).top(3)[0])
-    3
-    """
+    """Predictions for images with a trained network (anything `load_run` takes): a batch
+    (N, 28, 28) / (N, 1, 28, 28), or one image or a list of images `to_mnist` takes
+    (examples: mnist_cnn.classify)."""
     classifier = load_run(model)
     batch = _as_batch(images)
     with torch.inference_mode():
