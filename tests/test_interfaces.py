@@ -47,3 +47,14 @@ def test_null_logger_has_the_real_loggers_methods_and_no_catch_all():
 def test_strategies_answer_the_protocol(strategy):
     wanted = {n for n in vars(Strategy) if not n.startswith("_")} - {"device", "info"}
     assert wanted <= {n for n in dir(strategy) if not n.startswith("_")}
+
+
+def test_every_commands_help_is_built_without_torch():
+    """The flags of train, serve, tune and lr-find come from their settings dataclasses, which
+    live in torch-free modules: `mnist-cnn COMMAND --help` answers without importing torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mnist_cnn.cli; mnist_cnn.cli.build_parser(); "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('mnist_cnn'))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.version import __version__
 
 
 def path_arg(what: str) -> Callable[[str], str]:
@@ -96,9 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- tune
 def add_tune(p: argparse.ArgumentParser) -> None:
     from mnist_cnn import config as cfg
-    from mnist_cnn.tune.study import TuneSettings
-
-    cfg.add_flags(p, TuneSettings)
+    cfg.add_flags(p, cfg.TuneSettings)
     add_config_flags(p)
     p.epilog = "Config flags given here are fixed for every trial; the search space varies the others."
 
@@ -107,10 +106,10 @@ def run_tune(args: argparse.Namespace) -> int:
     import shlex
 
     from mnist_cnn import config as cfg
-    from mnist_cnn.tune import TuneSettings, format_report, tune
+    from mnist_cnn.tune import format_report, tune
 
     fixed = {k: v for k, v in config_overrides(args).items() if v is not None}
-    settings = TuneSettings(**cfg.given_flags(TuneSettings, args), preset=args.preset or "default", fixed=fixed,
+    settings = cfg.TuneSettings(**cfg.given_flags(cfg.TuneSettings, args), preset=args.preset or "default", fixed=fixed,
                             continue_command="mnist-cnn " + shlex.join(args.argv))
     print(format_report(tune(settings)))
     return 0
@@ -119,9 +118,7 @@ def run_tune(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- lr-find
 def add_lr_find(p: argparse.ArgumentParser) -> None:
     from mnist_cnn import config as cfg
-    from mnist_cnn.lr_find import LrFindSettings
-
-    cfg.add_flags(p, LrFindSettings)
+    cfg.add_flags(p, cfg.LrFindSettings)
     p.add_argument("--write-config", metavar="FILE",
                    help="write the config with the suggested lr as JSON (for mnist-cnn train --config FILE)")
     p.add_argument("--config", metavar="FILE", help="start from this JSON or TOML config file")
@@ -133,10 +130,10 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
     from mnist_cnn import config as cfg
     from mnist_cnn.fileio import write_json
-    from mnist_cnn.lr_find import LrFindSettings, lr_find
+    from mnist_cnn.lr_find import lr_find
 
     config = resolve_config(args)
-    r = lr_find(config, **asdict(LrFindSettings(**cfg.given_flags(LrFindSettings, args))))
+    r = lr_find(config, **asdict(cfg.LrFindSettings(**cfg.given_flags(cfg.LrFindSettings, args))))
     stop = f"stopped at lr {r.diverged_at:.3g} (loss > 4x its best)" if r.diverged_at else "ran all steps"
     print(f"Swept {len(r.lrs)} steps from {r.lrs[0]:.3g} to {r.lrs[-1]:.3g}; {stop}.")
     print(f"Suggested lr {r.suggested_lr:.3g} (steepest descent of the smoothed loss); "
@@ -373,8 +370,6 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mnist_cnn import __version__
-
     parser = Parser(prog="mnist-cnn", description="Train, inspect and use small CNNs on MNIST-family images.")
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)

@@ -118,6 +118,51 @@ class TrainConfig:
     preset: str = setting("default", "the preset these values started from (informational)")
 
 
+# ---------------------------------------------------------------- the other commands' settings
+
+@dataclass
+class TuneSettings:
+    """`mnist-cnn tune`'s settings; the command's flags and --help are generated from these fields."""
+
+    study: str = setting(help="study name: its trials and results go in OUT/tune-NAME (and it names the study "
+                              "in its storage)", metavar="NAME")
+    trials: int = setting(help="finished (complete or pruned) trials the study should reach; run again to continue",
+                          metavar="N")
+    preset: str = setting("default", "the preset trials start from", flag=None)  # the CLI's --preset
+    fixed: dict[str, Any] = field(default_factory=dict)   # config fields given on the command line
+    space_file: str | None = setting(None, "TOML or JSON search space replacing the preset's default "
+                                           "(see docs/tuning.md)", flag="--space", metavar="FILE")
+    out_dir: str = setting("runs", "parent of the study folder", flag="--out", metavar="DIR")
+    storage: str | None = setting(None, "database shared by several machines, e.g. "
+                                        "postgresql://user:password@host/db (none: a journal file in the study "
+                                        "folder)", metavar="URL")
+    jobs: int = setting(1, "worker processes on this machine, each with --threads cores/K unless --threads is "
+                           "given", metavar="K")
+    timeout: float | None = setting(None, "start no new trial after this long, seconds (per worker)",
+                                    metavar="SECONDS")
+    heartbeat_s: float = 10.0                    # RDB storage: seconds between a trial's heartbeats
+    continue_command: str = ""                   # printed when interrupted, to carry on
+    startup_trials: int = 4                      # trials that finish before the pruner judges any
+    sampler_seed: int | None = None              # TPE's seed (+ worker index); None = fresh each run, as a
+                                                 # resumed or parallel search cannot replay its order anyway
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out_dir) / f"tune-{self.study}"
+
+
+@dataclass
+class LrFindSettings:
+    """`mnist-cnn lr-find`'s own settings (the config flags say what is trained); its flags and
+    --help are generated from these fields."""
+
+    start: float = setting(1e-7, "first learning rate")
+    end: float = setting(10.0, "last learning rate")
+    steps: int = setting(200, "optimizer steps of the sweep")
+    out_dir: str = setting("lr-find", "where lr-find.csv and lr-find.png go; no run directory is made",
+                           flag="--out", metavar="DIR")
+
+
 # Presets are named overrides of the defaults above.
 PRESETS: dict[str, dict[str, Any]] = {
     # The lesson exactly: Adam 1e-4, batch 100 (550 steps an epoch), 100 epochs, constant rate.
@@ -236,6 +281,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
 
 def validate(c: TrainConfig) -> None:
     """Reject values that cannot train, with the reason."""
+    # At call time: these import torch, and the CLI builds --help from this module.
     from mnist_cnn.data.registry import get_spec
     from mnist_cnn.models import model_names
 
@@ -274,6 +320,7 @@ def validate(c: TrainConfig) -> None:
 
 def _validate_model_shape(c: TrainConfig) -> None:
     """depth and width: >= 0, and non-zero only for networks that take them (never silently ignored)."""
+    # At call time: these import torch, and the CLI builds --help from this module.
     from mnist_cnn.models import SHAPE_OPTIONS, shape_options
 
     for option in SHAPE_OPTIONS:
@@ -287,6 +334,7 @@ def _validate_model_shape(c: TrainConfig) -> None:
 
 def _validate_augment(c: TrainConfig) -> None:
     """A known --augment value; mirror images only for data sets whose classes survive a mirror."""
+    # At call time: these import torch, and the CLI builds --help from this module.
     from mnist_cnn.augment import FLIP_PARTS, parse_augment
     from mnist_cnn.data.registry import DATASETS
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from mnist_cnn.augment import augment
-from mnist_cnn.config import TrainConfig, setting
+from mnist_cnn.config import LrFindSettings, TrainConfig
 from mnist_cnn.data import load_dataset
 from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import atomic_write_bytes
@@ -32,18 +32,6 @@ from mnist_cnn.trainstate import make_optimizer, seed_everything
 SMOOTHING = 0.98     # EMA factor of the loss per step (~50-step memory)
 DIVERGED = 4.0       # stop when the smoothed loss exceeds this multiple of its best
 SKIP_START = 10      # first steps ignored by the suggestion: the smoothed loss is still settling
-
-
-@dataclass
-class LrFindSettings:
-    """`mnist-cnn lr-find`'s own settings (the config flags say what is trained); its flags and
-    --help are generated from these fields."""
-
-    start: float = setting(1e-7, "first learning rate")
-    end: float = setting(10.0, "last learning rate")
-    steps: int = setting(200, "optimizer steps of the sweep")
-    out_dir: str = setting("lr-find", "where lr-find.csv and lr-find.png go; no run directory is made",
-                           flag="--out", metavar="DIR")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import mnist_cnn.tune.storage as st
 from mnist_cnn import config as cfg
-from mnist_cnn.config import setting
+from mnist_cnn.config import TuneSettings
 from mnist_cnn.data import load_dataset
 from mnist_cnn.errors import MnistCnnError, UsageError
 from mnist_cnn.train import train
@@ -30,37 +30,6 @@ class TuneInterrupted(MnistCnnError):
     """Ctrl-C/SIGTERM: the running trials are marked failed, everything else is kept."""
 
     exit_code = 130
-
-
-@dataclass
-class TuneSettings:
-    """`mnist-cnn tune`'s settings; the command's flags and --help are generated from these fields."""
-
-    study: str = setting(help="study name: its trials and results go in OUT/tune-NAME (and it names the study "
-                              "in its storage)", metavar="NAME")
-    trials: int = setting(help="finished (complete or pruned) trials the study should reach; run again to continue",
-                          metavar="N")
-    preset: str = setting("default", "the preset trials start from", flag=None)  # the CLI's --preset
-    fixed: dict[str, Any] = field(default_factory=dict)   # config fields given on the command line
-    space_file: str | None = setting(None, "TOML or JSON search space replacing the preset's default "
-                                           "(see docs/tuning.md)", flag="--space", metavar="FILE")
-    out_dir: str = setting("runs", "parent of the study folder", flag="--out", metavar="DIR")
-    storage: str | None = setting(None, "database shared by several machines, e.g. "
-                                        "postgresql://user:password@host/db (none: a journal file in the study "
-                                        "folder)", metavar="URL")
-    jobs: int = setting(1, "worker processes on this machine, each with --threads cores/K unless --threads is "
-                           "given", metavar="K")
-    timeout: float | None = setting(None, "start no new trial after this long, seconds (per worker)",
-                                    metavar="SECONDS")
-    heartbeat_s: float = st.HEARTBEAT_S          # RDB storage: seconds between a trial's heartbeats
-    continue_command: str = ""                   # printed when interrupted, to carry on
-    startup_trials: int = 4                      # trials that finish before the pruner judges any
-    sampler_seed: int | None = None              # TPE's seed (+ worker index); None = fresh each run, as a
-                                                 # resumed or parallel search cannot replay its order anyway
-
-    @property
-    def study_dir(self) -> Path:
-        return Path(self.out_dir) / f"tune-{self.study}"
 
 
 @dataclass
