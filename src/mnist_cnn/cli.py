@@ -314,7 +314,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from mnist_cnn.serve.config import ServeConfig
     from mnist_cnn.serve.server import serve
 
-    serve(ServeConfig(run=args.run, **cfg.given_flags(ServeConfig, args)))
+    serve(ServeConfig(**cfg.given_flags(ServeConfig, args)))
     return 0
 
 
