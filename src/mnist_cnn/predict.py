@@ -7,7 +7,7 @@ per-file error so the rest still get an answer.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Union
 
@@ -33,9 +33,10 @@ class Prediction:
     """One image's answer, the one prediction type: `Predictions[i]` (classify) and each file's
     result (predict) hold one."""
 
-    probabilities: list[float]    # one per class, summing to 1
-    class_names: list[str]
-    inverted: bool = False        # the input had dark ink on a light background (it was inverted)
+    probabilities: list[float] = field(metadata={"description": "one per class, summing to 1"})
+    class_names: list[str] = field(metadata={"description": "the classes' names, in the model's output order"})
+    inverted: bool = field(default=False, metadata={
+        "description": "true when the input had dark ink on a light background (it was inverted)"})
 
     @property
     def label(self) -> int:
@@ -75,6 +76,12 @@ class FilePrediction:
     def top(self) -> list[dict[str, Any]]:
         """[{"class": name, "probability": p}], best first (the JSON form)."""
         return [] if self.prediction is None else [{"class": n, "probability": p} for n, p in self.prediction.top(self.top_k)]
+
+
+def prediction_fields() -> dict[str, tuple[Any, Any]]:
+    """Prediction's fields as (type, description): what serve's response model is built from."""
+    kinds = {"probabilities": list[float], "class_names": list[str], "inverted": bool}
+    return {f.name: (kinds[f.name], f.metadata["description"]) for f in fields(Prediction)}
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
