@@ -21,7 +21,7 @@ import torch
 
 from mnist_cnn.augment import augment
 from mnist_cnn.config import LrFindSettings, TrainConfig
-from mnist_cnn.data import load_dataset
+from mnist_cnn import data
 from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import atomic_write_bytes
 from mnist_cnn.inference import select_device, to_input
@@ -58,7 +58,7 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = LrFindSetti
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
+        dataset = data.load_dataset(config.dataset, config.data_dir, config.validation_size)
     device = select_device(config.device)
     images, labels = dataset.train.images, dataset.train.labels
     if config.train_subset:

@@ -28,7 +28,8 @@ from typing import IO, Any, Sequence
 import numpy
 import torch
 
-from mnist_cnn.data import Split, load_dataset
+from mnist_cnn import data
+from mnist_cnn.data import Split
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.fileio import atomic_write_bytes, read_json
 from mnist_cnn.version import __version__
@@ -99,7 +100,7 @@ def load_split(config: dict[str, Any], split: str, data_dir: str | None = None) 
         raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if "dataset" not in config:
         raise UsageError("the model carries no training config, so its data set is unknown")
-    dataset = load_dataset(config["dataset"], data_dir or config.get("data_dir"), config.get("validation_size", 5000),
+    dataset = data.load_dataset(config["dataset"], data_dir or config.get("data_dir"), config.get("validation_size", 5000),
                            progress=False)
     return getattr(dataset, split)
 

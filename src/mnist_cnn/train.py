@@ -28,7 +28,7 @@ from mnist_cnn import distributed
 from mnist_cnn.augment import augment
 from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.config import TrainConfig
-from mnist_cnn.data import load_dataset
+from mnist_cnn import data as datasets
 from mnist_cnn.data.load import check_request
 from mnist_cnn.distributed import SingleProcess, Strategy
 from mnist_cnn.errors import MnistCnnError, UsageError
@@ -312,7 +312,7 @@ def check_before_loading(config: TrainConfig, dataset: Any, strategy: Strategy) 
 def prepare_data(config: TrainConfig, dataset: Any, device: torch.device) -> TrainData:
     """The config's data (`dataset`, or loaded now) on the training device."""
     if dataset is None:
-        dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
+        dataset = datasets.load_dataset(config.dataset, config.data_dir, config.validation_size)
     train_x, train_y = dataset.train.images, dataset.train.labels
     if config.train_subset:
         train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import mnist_cnn.tune.storage as st
 from mnist_cnn import config as cfg
 from mnist_cnn.config import TuneSettings
-from mnist_cnn.data import load_dataset
+from mnist_cnn import data
 from mnist_cnn.errors import MnistCnnError, UsageError
 from mnist_cnn.train import train
 from mnist_cnn.tune.report import StudyReport, write_report
@@ -126,7 +126,7 @@ def run_worker(p: StudyPlan, worker: int, dataset: Any = None, print_fn: Callabl
     st.fail_dead_trials(study, storage, s.study_dir, is_journal)
     if dataset is None and not {"dataset", "data_dir", "validation_size"} & set(p.space):
         base = cfg.make_config(s.preset, **s.fixed)
-        dataset = load_dataset(base.dataset, base.data_dir, base.validation_size, progress=False)  # once, not per trial
+        dataset = data.load_dataset(base.dataset, base.data_dir, base.validation_size, progress=False)  # once, not per trial
     remaining = s.trials - started_count(study)
     if remaining <= 0:
         return
