@@ -21,7 +21,7 @@ import torch
 
 from mnist_cnn.augment import augment
 from mnist_cnn.config import LrFindSettings, TrainConfig
-from mnist_cnn import data
+from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
 from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import atomic_write_bytes
 from mnist_cnn.inference import select_device, to_input

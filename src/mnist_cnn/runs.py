@@ -28,7 +28,7 @@ from typing import IO, Any, Sequence
 import numpy
 import torch
 
-from mnist_cnn import data
+from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
 from mnist_cnn.data import Split
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.fileio import atomic_write_bytes, read_json

@@ -28,7 +28,7 @@ from mnist_cnn import distributed
 from mnist_cnn.augment import augment
 from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.config import TrainConfig
-from mnist_cnn import data as datasets
+from mnist_cnn import data as datasets  # datasets.load_dataset, looked up per call: tests swap it
 from mnist_cnn.data.load import check_request
 from mnist_cnn.distributed import SingleProcess, Strategy
 from mnist_cnn.errors import MnistCnnError, UsageError

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import mnist_cnn.tune.storage as st
 from mnist_cnn import config as cfg
 from mnist_cnn.config import TuneSettings
-from mnist_cnn import data
+from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
 from mnist_cnn.errors import MnistCnnError, UsageError
 from mnist_cnn.train import train
 from mnist_cnn.tune.report import StudyReport, write_report
