@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_cnn import config as cfg
 from mnist_cnn.data import load_dataset
-from mnist_cnn.inference import evaluate_split, predict_logits, select_device
+from mnist_cnn.inference import loss_and_accuracy, predict_logits, select_device
 from mnist_cnn.models import create_model
 from mnist_cnn.train import Loop, StepLog, TrainData, run_steps, train_epoch
 from mnist_cnn.trainstate import TrainState, make_optimizer, seed_everything
@@ -113,7 +113,7 @@ def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
         cpu_started = time.process_time()
         ours.append(library_steps(model, optimizer, x_u8, y, batch, steps, order))
         cpu["library"].append(time.process_time() - cpu_started)
-        acc["library"] = evaluate_split(model, ds.test.images, ds.test.labels)[1]
+        acc["library"] = loss_and_accuracy(model, ds.test.images, ds.test.labels)[1]
 
         torch.manual_seed(r)
         model = create_model("seed").to(DEVICE)           # NCHW, the tutorial default
@@ -123,7 +123,7 @@ def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
         cpu_started = time.process_time()
         theirs.append(tutorial_steps(model, optimizer, loader, steps))
         cpu["tutorial"].append(time.process_time() - cpu_started)
-        acc["tutorial"] = evaluate_split(model, ds.test.images, ds.test.labels, channels_last=False)[1]
+        acc["tutorial"] = loss_and_accuracy(model, ds.test.images, ds.test.labels, channels_last=False)[1]
     images = steps * batch
     ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
     epoch_steps = len(y) // batch
@@ -159,7 +159,7 @@ def time_to_target(preset: str, ds: Any, seed: int) -> dict[str, Any]:
         seconds += now() - started
         cpu_seconds += time.process_time() - cpu_started
         state.advance_epoch()
-        accuracy = evaluate_split(state.eval_model, ds.test.images, ds.test.labels)[1]
+        accuracy = loss_and_accuracy(state.eval_model, ds.test.images, ds.test.labels)[1]
         curve.append({"epoch": state.epoch, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
                       "test_accuracy": accuracy})
         if reached is None and accuracy >= TARGET_ACCURACY:
@@ -264,7 +264,7 @@ def bench_training_process(preset: str, workdir: Path, epochs: int | None, threa
     if done.returncode != 0:
         raise SystemExit(f"bench: {' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, max over children so far
-    from mnist_cnn.runlog import read_metrics_csv
+    from mnist_cnn.runs import read_metrics_csv
 
     history = read_metrics_csv(workdir / f"rss-{preset}" / "metrics.csv")
     return {"command": " ".join(command[1:]), "peak_rss_mib": peak_kib / 1024, "wall_seconds": wall,

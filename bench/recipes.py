@@ -12,20 +12,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from mnist_cnn import config as cfg
-from mnist_cnn.checkpoint import read_run_info
-from mnist_cnn.ensemble import evaluate_ensemble, mean_std
+from mnist_cnn.evaluate import evaluate
+from mnist_cnn.runs import read_run_info
 from mnist_cnn.train import train
 
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -69,12 +79,12 @@ def main() -> None:
         else:
             train(config, out_dir=args.out, name=name, force=True, progress=False)
         seconds = sum(r["seconds"] for r in _metrics(run))
-        plain = evaluate_ensemble([run], "test").evaluation.accuracy
-        tta = evaluate_ensemble([run], "test", tta=True).evaluation.accuracy
+        plain = evaluate(run, "test", device="auto").accuracy
+        tta = evaluate(run, "test", tta=True, device="auto").accuracy
         rows.append({"seed": seed, "run": str(run), "test_accuracy": plain, "test_accuracy_tta": tta,
                      "train_seconds": seconds, "epochs": config.epochs})
         print(f"seed {seed}: test accuracy {plain:.4f} (TTA {tta:.4f}), training {seconds / 60:.1f} min", flush=True)
-    ensemble = evaluate_ensemble([r["run"] for r in rows], "test").evaluation.accuracy if len(rows) > 1 else None
+    ensemble = evaluate([r["run"] for r in rows], "test", device="auto").accuracy if len(rows) > 1 else None
     acc_mean, acc_std = mean_std([r["test_accuracy"] for r in rows])
     tta_mean, tta_std = mean_std([r["test_accuracy_tta"] for r in rows])
     minutes = sum(r["train_seconds"] for r in rows) / len(rows) / 60

@@ -21,13 +21,13 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from recipes import _metrics, machine, parse_set  # bench/recipes.py: same helpers, same machine line
+from recipes import _metrics, machine, mean_std, parse_set  # bench/recipes.py: same helpers, same machine line
 
 from mnist_cnn import config as cfg
 from mnist_cnn.augment import TTA_SHIFTS
-from mnist_cnn.ensemble import evaluate_ensemble, mean_std
+from mnist_cnn.evaluate import evaluate
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.runs import read_json
+from mnist_cnn.fileio import read_json
 from mnist_cnn.train import train
 
 VALIDATION_SIZE = 5000   # images, fixed for every compared recipe
@@ -77,8 +77,8 @@ def check_same_recipe(run: Path, config: cfg.TrainConfig) -> None:
 
 
 def accuracy_over_seeds(runs: list[Path], split: str) -> dict[str, float]:
-    plain = [evaluate_ensemble([r], split).evaluation.accuracy for r in runs]
-    tta = [evaluate_ensemble([r], split, tta=True).evaluation.accuracy for r in runs]
+    plain = [evaluate(r, split, device="auto").accuracy for r in runs]
+    tta = [evaluate(r, split, tta=True, device="auto").accuracy for r in runs]
     (m, s), (tm, ts) = mean_std(plain), mean_std(tta)
     return {"per_seed": plain, "mean": m, "std": s, "tta_per_seed": tta, "tta_mean": tm, "tta_std": ts}
 

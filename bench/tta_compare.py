@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from mnist_cnn.augment import tta_views
-from mnist_cnn.evaluate import load_split
+from mnist_cnn.runs import load_split
 from mnist_cnn.inference import load_classifier
 
 

@@ -40,7 +40,7 @@ def robustness(run: str, n: int = 1000, seed: int = 0) -> tuple[float, float]:
     Needs the run's data set (real MNIST) to be loadable."""
     import torch
 
-    from mnist_cnn.evaluate import load_split
+    from mnist_cnn.runs import load_split
     from mnist_cnn.inference import load_classifier
     from mnist_cnn.preprocess import preprocess
 

@@ -8,7 +8,7 @@ import torch
 from mnist_cnn import config as cfg
 from mnist_cnn.augment import (COMBINATIONS, CROP_PAD, ERASE_AREA, FLIP_PARTS, PARTS, augment, erase_boxes,
                                parse_augment, random_crop, random_erase, random_flip, tta_views)
-from mnist_cnn.ensemble import classifier_log_probs
+from mnist_cnn.evaluate import classifier_log_probs
 from mnist_cnn.cli import main
 from mnist_cnn.data.registry import DATASETS
 from mnist_cnn.errors import UsageError

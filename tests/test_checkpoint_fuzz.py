@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn import config as cfg
-from mnist_cnn.checkpoint import load_checkpoint, read_run_info
+from mnist_cnn.checkpoint import load_checkpoint
+from mnist_cnn.runs import read_run_info
 from mnist_cnn.cli import main
 from mnist_cnn.errors import CheckpointError
 from mnist_cnn.fileio import atomic_write_bytes, write_json

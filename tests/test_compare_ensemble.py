@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from mnist_cnn import config as cfg
-from mnist_cnn import ensemble
+from mnist_cnn import evaluate as evaluate_module
 from mnist_cnn.cli import main
 from mnist_cnn.compare import compare_runs, format_table
 from mnist_cnn.data import Dataset
 from mnist_cnn.errors import UsageError
-from mnist_cnn.inference import evaluate_split, load_classifier, predict_logits
+from mnist_cnn.inference import loss_and_accuracy, load_classifier, predict_logits
 from mnist_cnn.train import train
 from synthetic import toy_dataset
 
@@ -39,21 +39,21 @@ def runs(toy, tmp_path_factory):
 
 @pytest.fixture
 def toy_test_split(toy, monkeypatch):
-    """evaluate_ensemble's data: the toy test split instead of a real data set."""
-    monkeypatch.setattr(ensemble, "load_split", lambda config, split, data_dir=None: toy.test)
+    """evaluate's data: the toy test split instead of a real data set."""
+    monkeypatch.setattr(evaluate_module, "load_split", lambda config, split, data_dir=None: toy.test)
 
 
 def test_ensemble_averages_probabilities(runs, toy, toy_test_split):
-    result = ensemble.evaluate_ensemble([runs / "s0", runs / "s1"], device="cpu")
+    result = evaluate_module.evaluate([runs / "s0", runs / "s1"], device="cpu")
     models = [load_classifier(runs / f"s{s}", "cpu").model for s in (0, 1)]
     probs = sum(torch.softmax(predict_logits(m, toy.test.images).double(), 1) for m in models) / 2
-    assert math.isclose(result.evaluation.accuracy, (probs.argmax(1) == toy.test.labels).double().mean().item())
+    assert math.isclose(result.accuracy, (probs.argmax(1) == toy.test.labels).double().mean().item())
     nll = -probs.log()[torch.arange(len(toy.test)), toy.test.labels].mean().item()
-    assert math.isclose(result.evaluation.loss, nll, rel_tol=1e-6)
+    assert math.isclose(result.loss, nll, rel_tol=1e-6)
     for member, model in zip(result.members, models):
-        assert math.isclose(member.accuracy, evaluate_split(model, toy.test.images, toy.test.labels)[1], rel_tol=1e-6)
-    assert "ensemble" in ensemble.format_members(result)
-    assert result.evaluation.images == len(toy.test)
+        assert math.isclose(member.accuracy, loss_and_accuracy(model, toy.test.images, toy.test.labels)[1], rel_tol=1e-6)
+    assert "ensemble" in evaluate_module.format_members(result)
+    assert result.images == len(toy.test)
 
 
 def test_tta_averages_the_shifted_views(runs, toy):
@@ -66,12 +66,12 @@ def test_tta_averages_the_shifted_views(runs, toy):
     views[3][..., :, -1] = 0
     views[4][..., :, 0] = 0
     expected = sum(torch.softmax(classifier.logits(v).double(), 1) for v in views) / 5
-    assert torch.allclose(ensemble.classifier_log_probs(classifier, images, tta=True).exp(), expected, atol=1e-9)
+    assert torch.allclose(evaluate_module.classifier_log_probs(classifier, images, tta=True).exp(), expected, atol=1e-9)
 
 
 def test_ensemble_refuses_runs_with_different_classes(runs, toy_test_split):
     with pytest.raises(UsageError, match="same classes"):
-        ensemble.evaluate_ensemble([runs / "s0", runs / "fashion"], device="cpu")
+        evaluate_module.evaluate([runs / "s0", runs / "fashion"], device="cpu")
 
 
 def test_compare_table_json_and_plot(runs, tmp_path, capsys):
@@ -108,7 +108,7 @@ def test_class_names_reach_the_checkpoint_and_compare(runs):
 
 
 def test_evaluate_command_with_several_runs_is_an_ensemble(runs, toy_test_split, tmp_path, capsys):
-    expected = ensemble.evaluate_ensemble([runs / "s0", runs / "s1"], device="cpu").evaluation.accuracy
+    expected = evaluate_module.evaluate([runs / "s0", runs / "s1"], device="cpu").accuracy
     assert main(["evaluate", str(runs / "s0"), str(runs / "s1"), "--out", str(tmp_path / "ens")]) == 0
     out = capsys.readouterr().out
     assert "Ensemble of 2" in out and f"accuracy {expected:.4f}" in out

@@ -217,7 +217,7 @@ def test_full_cache_gives_clear_error(data_env, tiny, file_server, monkeypatch):
     def no_space(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(sources, "atomic_write", no_space)
+    monkeypatch.setattr(sources, "atomic_write_bytes", no_space)
     with pytest.raises(DataError, match=r"No space left.*MNIST_CNN_DATA") as info:
         load_dataset("tiny", validation_size=2)
     assert "\n" not in str(info.value)

@@ -104,11 +104,11 @@ def test_two_processes_match_one_and_only_rank_0_writes(folder, single):
     assert read_json(ddp / "environment.json")["world_size"] == 2
     assert (ddp / "plots" / "curves.png").is_file()
     # The folder data set's class names travel with the model; the run evaluates like any other.
-    from mnist_cnn.evaluate import evaluate_run
+    from mnist_cnn.evaluate import evaluate
     from mnist_cnn.inference import load_classifier
 
     assert load_classifier(ddp, "cpu").class_names == tuple(f"c{i}" for i in range(10))
-    assert evaluate_run(ddp, "test", device="cpu").accuracy > 0.5
+    assert evaluate(ddp, "test", device="cpu").accuracy > 0.5
 
 
 def test_interrupted_two_process_run_resumes_to_the_same_weights(folder, single):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mnist_cnn.cli import main
 from mnist_cnn.errors import UsageError
-from mnist_cnn.evaluate import ensemble_log_probs, evaluate_classifier, summarize, write_report
+from mnist_cnn.evaluate import ensemble_log_probs, evaluate, summarize, write_report
 from mnist_cnn.inference import load_classifier
 
 
@@ -68,7 +68,7 @@ def test_report_files_tensorboard_and_refusal_to_overwrite_user_files(toy_traine
 
     classifier = load_classifier(toy_trained_run, "cpu")
     test = toy_dataset().test
-    e = evaluate_classifier(classifier, test)
+    e = evaluate(classifier, "test", dataset=toy_dataset())
     assert e.images == len(test.labels) and 0 <= e.accuracy <= 1
     out = tmp_path / "evaluation"
     files = write_report(e, test.images, out, global_step=7)
@@ -85,7 +85,7 @@ def test_report_files_tensorboard_and_refusal_to_overwrite_user_files(toy_traine
     write_report(e, test.images, out, global_step=7)
     assert len(list(out.glob("events.out.tfevents.*"))) == 1
     # Another split's report sits next to it, in TensorBoard too.
-    validation = evaluate_classifier(classifier, toy_dataset().validation, "validation")
+    validation = evaluate(classifier, "validation", dataset=toy_dataset())
     write_report(validation, toy_dataset().validation.images, out, global_step=7)
     assert {p.name for p in out.glob("*.json")} >= {"test.json", "validation.json"}
     assert len(list(out.glob("events.out.tfevents.*"))) == 2

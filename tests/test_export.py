@@ -40,7 +40,7 @@ def test_export_bare_model_dynamic_batch_and_metadata(tmp_path):
 def test_export_run_then_predict_and_evaluate_on_the_onnx_file(toy_trained_run, tmp_path):
     from synthetic import toy_dataset
 
-    from mnist_cnn.evaluate import evaluate_classifier
+    from mnist_cnn.evaluate import evaluate
 
     test = toy_dataset().test
     path = tmp_path / "toy.onnx"
@@ -50,7 +50,7 @@ def test_export_run_then_predict_and_evaluate_on_the_onnx_file(toy_trained_run, 
     assert onnx_classifier.kind == "onnx" and onnx_classifier.class_names == torch_classifier.class_names
     assert onnx_classifier.config == torch_classifier.config
     assert torch.allclose(onnx_classifier.logits(test.images), torch_classifier.logits(test.images), atol=1e-4)
-    assert evaluate_classifier(onnx_classifier, test).accuracy == evaluate_classifier(torch_classifier, test).accuracy
+    assert evaluate(onnx_classifier, test).accuracy == evaluate(torch_classifier, test).accuracy
     assert onnx_classifier.output_dir("evaluation") == tmp_path / "toy.onnx.evaluation"
 
 

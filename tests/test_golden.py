@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from mnist_cnn import config as cfg
-from mnist_cnn.inference import evaluate_split, to_input
+from mnist_cnn.inference import loss_and_accuracy, to_input
 from mnist_cnn.models import create_model
-from mnist_cnn.train import make_optimizer, train_step
+from mnist_cnn.train import train_step
+from mnist_cnn.trainstate import make_optimizer
 
 TRACE = Path(__file__).parent / "data" / "lesson_tf_trace.npz"
 BATCH = 100  # the trace's batch size; also the seed preset's (asserted below)
@@ -110,6 +111,6 @@ def replay(trace: dict[str, np.ndarray], config: cfg.TrainConfig, dataset) -> tu
         losses.append(float(loss))
         with torch.no_grad():  # the lesson's "training accuracy": a second forward pass after the update
             after.append(float((model(images).argmax(1) == labels).float().mean()))
-    _, val_accuracy = evaluate_split(model, dataset.validation.images, dataset.validation.labels,
+    _, val_accuracy = loss_and_accuracy(model, dataset.validation.images, dataset.validation.labels,
                                      channels_last=config.channels_last)
     return np.array(losses), np.array(after), val_accuracy

@@ -155,7 +155,7 @@ def test_empty_directory_and_user_files_are_respected(toy_trained_run, tmp_path,
 
 @pytest.mark.slow
 def test_real_digits_in_every_format_are_recognised(trained_mnist_run, real_mnist_env, tmp_path, capsys):
-    from mnist_cnn.evaluate import load_split
+    from mnist_cnn.runs import load_split
 
     test = load_split({"dataset": "mnist"}, "test")
     rng = np.random.default_rng(1)

@@ -3,7 +3,7 @@ import pytest
 
 from mnist_cnn import config as cfg
 from mnist_cnn.data import load_dataset
-from mnist_cnn.inference import evaluate_split
+from mnist_cnn.inference import loss_and_accuracy
 from mnist_cnn.train import train
 
 
@@ -15,5 +15,5 @@ def test_default_recipe_reaches_98_5_percent_validation(real_mnist_cache, monkey
     result = train(cfg.make_config("default"), out_dir=tmp_path, name="real", dataset=dataset,
                    print_fn=lines.append, progress=False)
     assert result.history[-1].validation_accuracy >= 0.985, lines
-    test_loss, test_accuracy = evaluate_split(result.model, dataset.test.images, dataset.test.labels)
+    test_loss, test_accuracy = loss_and_accuracy(result.model, dataset.test.images, dataset.test.labels)
     assert test_accuracy >= 0.985 and test_loss < 0.06

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import mnist_cnn.ensemble as ensemble
+import mnist_cnn.evaluate as evaluate_module
 from conftest import tiny_spec
 from mnist_cnn.data.idx import encode_idx
 from mnist_cnn.data.registry import DATASETS, KEYS
@@ -35,8 +35,8 @@ def select(tmp_path, monkeypatch, data_env):
         (data / ds.file(key).name).write_bytes(encode_idx(arrays[key]))
     monkeypatch.setitem(DATASETS, "toyset", ds)
     splits = []
-    real_load_split = ensemble.load_split
-    monkeypatch.setattr(ensemble, "load_split", lambda c, split, d=None: splits.append(split) or real_load_split(c, split, d))
+    real_load_split = evaluate_module.load_split
+    monkeypatch.setattr(evaluate_module, "load_split", lambda c, split, d=None: splits.append(split) or real_load_split(c, split, d))
     return module, data, splits
 
 

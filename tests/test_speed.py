@@ -16,7 +16,8 @@ from mnist_cnn import config as cfg
 from mnist_cnn.cli import main
 from mnist_cnn.errors import UsageError
 from mnist_cnn.models import count_parameters, create_model
-from mnist_cnn.train import make_optimizer, train, train_step
+from mnist_cnn.train import train, train_step
+from mnist_cnn.trainstate import make_optimizer
 from synthetic import toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

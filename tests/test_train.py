@@ -10,7 +10,7 @@ from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.models import create_model
 from mnist_cnn.runs import read_json
 from mnist_cnn.tbexport import read_scalars
-from mnist_cnn.inference import evaluate_split, to_input
+from mnist_cnn.inference import loss_and_accuracy, to_input
 from mnist_cnn.train import TrainingInterrupted, train, train_step
 from synthetic import toy_dataset
 
@@ -88,7 +88,7 @@ def test_interrupted_then_resumed_is_bit_identical(toy, tmp_path, stop_at):
 
 def test_evaluate_matches_manual_count(toy):
     model = create_model("seed")
-    loss, acc = evaluate_split(model, toy.test.images, toy.test.labels, batch_size=7)
+    loss, acc = loss_and_accuracy(model, toy.test.images, toy.test.labels, batch_size=7)
     logits = model(to_input(toy.test.images, False))
     assert math.isclose(acc, (logits.argmax(1) == toy.test.labels).float().mean().item(), rel_tol=1e-6)
     assert math.isclose(loss, torch.nn.functional.cross_entropy(logits, toy.test.labels).item(), rel_tol=1e-4)

@@ -22,6 +22,7 @@ from mnist_cnn.fileio import read_json
 from mnist_cnn.models import create_model
 from mnist_cnn.runlog import RunLogger
 from mnist_cnn.train import TrainingDiverged, train
+from mnist_cnn.trainstate import make_optimizer
 from synthetic import toy_dataset
 
 QUIET = dict(print_fn=lambda s: None, progress=False)
@@ -140,7 +141,7 @@ def test_plain_sgd_without_momentum_trains():
     config = cfg.make_config("default", optimizer="sgd", momentum=0.0, lr=0.05, epochs=1, batch_size=50,
                              schedule="constant")
     model = create_model("seed")
-    optimizer = train_module.make_optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     assert optimizer.param_groups[0]["nesterov"] is False and optimizer.param_groups[0]["momentum"] == 0.0
     before = [p.detach().clone() for p in model.parameters()]
     loss = model(torch.rand(4, 1, 28, 28)).logsumexp(1).mean()

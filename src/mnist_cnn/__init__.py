@@ -24,7 +24,7 @@ The public Python API (each name documented with a runnable example, `help(mnist
 notebook: notebooks/lesson.ipynb. The command line: `mnist-cnn --help`.
 """
 
-__version__ = "0.1.0"
+from mnist_cnn.version import __version__
 
 __all__ = [
     "load_dataset", "dataset_from_arrays",
@@ -41,7 +41,7 @@ __all__ = [
 def __getattr__(name: str):
     # PEP 562: the API module (and PyTorch, ~1-2 s) is imported on first use of a public name.
     if name in __all__:
-        from mnist_cnn import api
+        from mnist_cnn import api  # at first use, not at import: keeps `import mnist_cnn` free of torch
 
         return getattr(api, name)
     raise AttributeError(f"module 'mnist_cnn' has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """The public Python API: `from mnist_cnn import ...` (the names in `mnist_cnn.__all__`).
 
-Thin, documented functions over the library modules (data, config, train, inference,
-preprocess, evaluate, plots, tbexport), in the order of the lesson; `help(mnist_cnn)` lists them
-by topic.
+The public surface and nothing more: each name is a library function (data, models, config,
+train, inference, predict, evaluate, show, tbexport, plots) under its public name, with a
+docstring example that runs (tests/test_api.py); no logic of its own. `help(mnist_cnn)` lists
+them by topic, in the order of the lesson.
 
 Every plot_* function returns a matplotlib Figure (shown inline when it is a notebook cell's
 value) and also writes a PNG when given `path`. Images are uint8 tensors (N, 1, 28, 28),
@@ -10,21 +11,22 @@ white ink on black, like MNIST; labels are int64 tensors (N,).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
+from mnist_cnn import config, data, models, plots, predict, show, tbexport
+from mnist_cnn.data import arrays
 from mnist_cnn.config import TrainConfig
-from mnist_cnn.data.load import Dataset, Split
-from mnist_cnn.errors import UsageError
-from mnist_cnn.evaluate import Evaluation
+from mnist_cnn.data import Dataset, Split
+from mnist_cnn.data.arrays import as_images_u8, as_labels
+from mnist_cnn.evaluate import Evaluation, evaluate, format_report
 from mnist_cnn.inference import Classifier
-
-# What `classify` and `to_mnist` accept as one image.
-ImageLike = Union[str, Path, bytes, np.ndarray, torch.Tensor, "PIL.Image.Image"]  # noqa: F821
+from mnist_cnn.inference import load_run as _load_run
+from mnist_cnn.predict import ImageLike, Predictions
+from mnist_cnn.show import Layer
+from mnist_cnn.train import TrainResult, train
 
 
 # ---------------------------------------------------------------- data
@@ -45,9 +47,7 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, valida
     >>> ds.train.images.shape, ds.train.images.dtype
     (torch.Size([15, 1, 28, 28]), torch.uint8)
     """
-    from mnist_cnn.data import load_dataset as load
-
-    return load(name, data_dir, validation_size, progress=False)
+    return data.load_dataset(name, data_dir, validation_size, progress=False)
 
 
 def dataset_from_arrays(train_images: np.ndarray, train_labels: Sequence[int], test_images: np.ndarray | None = None,
@@ -65,56 +65,17 @@ def dataset_from_arrays(train_images: np.ndarray, train_labels: Sequence[int], t
     >>> len(ds.train), len(ds.validation), len(ds.test), ds.class_names[:3]
     (80, 20, 20, ('0', '1', '2'))
     """
-    train_x, train_y = _images_u8(train_images), _labels(train_labels, len(train_images))
-    if not 0 <= validation_size < len(train_y):
-        raise UsageError(f"validation_size must be in 0..{len(train_y) - 1}, not {validation_size}")
-    n_classes = int(train_y.max()) + 1 if len(train_y) else 0
-    names = tuple(class_names) if class_names is not None else tuple(str(k) for k in range(max(n_classes, 1)))
-    if n_classes > len(names):
-        raise UsageError(f"labels go up to {n_classes - 1} but only {len(names)} class names were given")
-    validation = Split(train_x[:validation_size], train_y[:validation_size])
-    if test_images is None:
-        test = validation
-    else:
-        test = Split(_images_u8(test_images), _labels(test_labels if test_labels is not None else [], len(test_images)))
-    return Dataset(name, names, Split(train_x[validation_size:], train_y[validation_size:]), validation, test,
-                   source="arrays given in Python")
-
-
-def _images_u8(images: Any) -> torch.Tensor:
-    """(N, 28, 28) or (N, 1, 28, 28), uint8 0..255 or float 0..1 -> (N, 1, 28, 28) uint8 tensor."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-    if x.dim() == 3:
-        x = x.unsqueeze(1)
-    if x.dim() != 4 or tuple(x.shape[2:]) != (28, 28):
-        raise UsageError(f"images must be (N, 28, 28) or (N, C, 28, 28), not {tuple(x.shape)}; "
-                         "other sizes go through to_mnist() one by one")
-    if x.is_floating_point():  # 0..1 floats, the network's input scaling
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    if x.dtype != torch.uint8:
-        if x.min() < 0 or x.max() > 255:
-            raise UsageError("integer images must hold pixel values 0..255")
-        x = x.to(torch.uint8)
-    return x.contiguous()
-
-
-def _labels(labels: Any, n: int) -> torch.Tensor:
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64).flatten()
-    if len(y) != n:
-        raise UsageError(f"{len(y)} labels for {n} images")
-    if len(y) and y.min() < 0:
-        raise UsageError("labels must be class indices >= 0")
-    return y
+    return arrays.dataset_from_arrays(train_images, train_labels, test_images, test_labels, class_names,
+                                      validation_size, name)
 
 
 # ---------------------------------------------------------------- the network
 
-def create_model(name: str = "seed", num_classes: int = 10, *, depth: int = 0,
-                 width: int = 0) -> torch.nn.Module:
+def create_model(name: str = "seed", num_classes: int = 10, in_channels: int = 1, **options: Any) -> torch.nn.Module:
     """A freshly initialised network by its registered name: seed (the lesson's), fast, best, resnet.
 
-    `depth` (resnet) and `width` (resnet, best) set its shape as the train flags do; 0 = the
-    network's default, and a shape a network does not take raises UsageError.
+    `options` are the shape options: `depth` (resnet) and `width` (resnet, best), as the train
+    flags set them; 0 = the network's default, and a shape a network does not take raises UsageError.
 
     >>> from mnist_cnn import create_model
     >>> model = create_model("seed")
@@ -123,17 +84,7 @@ def create_model(name: str = "seed", num_classes: int = 10, *, depth: int = 0,
     >>> sum(p.numel() for p in create_model("resnet", depth=1, width=24).parameters())
     173554
     """
-    from mnist_cnn.models import create_model as create
-
-    return create(name, num_classes=num_classes, depth=depth, width=width)
-
-
-@dataclass
-class Layer:
-    name: str                    # the module's name, e.g. "conv1"
-    kind: str                    # its class, e.g. "Conv2d"
-    output_shape: tuple[int, ...]  # for one 28x28 image, batch dimension dropped
-    parameters: int
+    return models.create_model(name, num_classes, in_channels, **options)
 
 
 def layer_table(model: torch.nn.Module | str, channels: int = 1) -> list[Layer]:
@@ -144,27 +95,7 @@ def layer_table(model: torch.nn.Module | str, channels: int = 1) -> list[Layer]:
     >>> [(r.name, r.output_shape, r.parameters) for r in rows[:3]]
     [('conv1', (6, 28, 28), 156), ('pool1', (6, 14, 14), 0), ('relu1', (6, 14, 14), 0)]
     """
-    if isinstance(model, str):
-        model = create_model(model)
-    rows: list[Layer] = []
-    hooks = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):  # leaves only: the layers themselves
-            def hook(m: torch.nn.Module, _inputs: Any, output: torch.Tensor, name: str = name) -> None:
-                rows.append(Layer(name, type(m).__name__, tuple(output.shape[1:]),
-                                  sum(p.numel() for p in m.parameters())))
-            hooks.append(module.register_forward_hook(hook))
-    device = next(model.parameters()).device
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(torch.zeros(1, channels, 28, 28, device=device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return rows
+    return show.layer_table(model, channels)
 
 
 def format_layer_table(rows: Sequence[Layer]) -> str:
@@ -174,10 +105,7 @@ def format_layer_table(rows: Sequence[Layer]) -> str:
     >>> print(format_layer_table(layer_table("seed")).splitlines()[-1])
     total                                  104,342
     """
-    lines = [f"{'layer':<10}{'type':<11}{'output shape':<15}{'parameters':>13}"]
-    lines += [f"{r.name:<10}{r.kind:<11}{str(r.output_shape):<15}{r.parameters:>13,}" for r in rows]
-    lines.append(f"{'total':<36}{sum(r.parameters for r in rows):>13,}")
-    return "\n".join(lines)
+    return show.format_layer_table(rows)
 
 
 # ---------------------------------------------------------------- training
@@ -190,9 +118,7 @@ def preset_names() -> list[str]:
     >>> preset_names()
     ['best', 'default', 'fast', 'resnet-digits', 'resnet-fashion', 'seed']
     """
-    from mnist_cnn.config import preset_names as names
-
-    return names()
+    return config.preset_names()
 
 
 def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
@@ -203,14 +129,12 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
     >>> config.model, config.epochs, config.batch_size, config.lr
     ('seed', 3, 100, 0.0001)
     """
-    from mnist_cnn.config import make_config as make
-
-    return make(preset, **overrides)
+    return config.make_config(preset, **overrides)
 
 
 def train_model(config: TrainConfig | None = None, *, dataset: Dataset | None = None, out_dir: str | Path = "runs",
                 name: str | None = None, force: bool = False, quiet: bool = False,
-                print_fn: Callable[[str], None] | None = None):
+                print_fn: Callable[[str], None] | None = None) -> TrainResult:
     """Train into a run directory out_dir/name; returns the run (`run_dir`, `history`, `model`, `config`).
 
     Prints the lesson's lines each epoch (`quiet=True`: nothing). `dataset` is a preloaded
@@ -228,8 +152,6 @@ def train_model(config: TrainConfig | None = None, *, dataset: Dataset | None = 
     >>> run.run_dir.name, [r.epoch for r in run.history], (run.run_dir / "checkpoint.pt").is_file()
     ('tiny', [1, 2], True)
     """
-    from mnist_cnn.train import train
-
     if print_fn is None:
         print_fn = (lambda line: None) if quiet else print
     return train(config, out_dir=out_dir, name=name, force=force, dataset=dataset, print_fn=print_fn, progress=False)
@@ -251,13 +173,7 @@ def load_run(run: str | Path | Any, device: str = "cpu") -> Classifier:
     >>> classifier.class_names[:3], classifier.config["preset"]
     (('0', '1', '2'), 'seed')
     """
-    from mnist_cnn.inference import load_classifier
-
-    if isinstance(run, Classifier):
-        return run
-    if hasattr(run, "run_dir") and hasattr(run, "history"):  # train_model's result
-        run = run.run_dir
-    return load_classifier(run, device)
+    return _load_run(run, device)
 
 
 def to_mnist(image: ImageLike) -> torch.Tensor:
@@ -276,49 +192,7 @@ def to_mnist(image: ImageLike) -> torch.Tensor:
     >>> seen.shape, seen.dtype, int(seen[0, 14, 14]) > 200, int(seen[0, 0, 0])
     (torch.Size([1, 28, 28]), torch.uint8, True, 0)
     """
-    from mnist_cnn.preprocess import preprocess
-
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if a.shape[-2:] == (28, 28) and a.size == 28 * 28:
-            return _images_u8(a.reshape(1, 28, 28))[0]
-        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-            raise UsageError(f"one image at a time: (H, W) grey or (H, W, 3|4) colour, not shape {a.shape}")
-        from PIL import Image
-
-        scaled = a.astype(np.float64) / (1.0 if np.issubdtype(a.dtype, np.floating) else 255.0)
-        image = Image.fromarray((np.clip(scaled, 0, 1) * 255).round().astype(np.uint8))  # mode L, RGB or RGBA
-    if isinstance(image, str):
-        image = Path(image)
-    return preprocess(image).image
-
-
-@dataclass
-class Predictions:
-    """What `classify` returns for N images."""
-
-    images: torch.Tensor         # (N, 1, 28, 28) uint8: what the network saw
-    probabilities: torch.Tensor  # (N, classes) float64, softmax of the logits
-    class_names: tuple[str, ...]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        """(N,) int64: the most probable class of each image."""
-        return self.probabilities.argmax(1)
-
-    @property
-    def names(self) -> list[str]:
-        """The most probable class of each image, by name."""
-        return [self.class_names[k] for k in self.labels.tolist()]
-
-    def top(self, k: int = 3) -> list[list[tuple[str, float]]]:
-        """For each image, its k most probable classes as (name, probability), best first."""
-        values, indices = self.probabilities.topk(min(k, self.probabilities.shape[1]), 1)
-        return [[(self.class_names[i], p) for i, p in zip(row_i, row_p)]
-                for row_i, row_p in zip(indices.tolist(), values.tolist())]
-
-    def __len__(self) -> int:
-        return len(self.probabilities)
+    return predict.to_mnist(image)
 
 
 def classify(model: Any, images: Any, batch_size: int = 1000) -> Predictions:
@@ -340,22 +214,7 @@ def classify(model: Any, images: Any, batch_size: int = 1000) -> Predictions:
     >>> len(classify(run, np.zeros((28, 28), np.uint8)).top(3)[0])
     3
     """
-    classifier = load_run(model)
-    batch = _as_batch(images)
-    with torch.inference_mode():
-        logits = classifier.logits(batch, batch_size=batch_size)
-    return Predictions(batch, torch.softmax(logits.double(), 1), classifier.class_names)
-
-
-def _as_batch(images: Any) -> torch.Tensor:
-    """Anything `classify` takes -> (N, 1, 28, 28) uint8."""
-    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim >= 3 and tuple(images.shape[-2:]) == (28, 28):
-        return _images_u8(images)
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise UsageError("no images given")
-        return torch.stack([to_mnist(image) for image in images])
-    return to_mnist(images)[None]
+    return predict.classify(model, images, batch_size)
 
 
 # ---------------------------------------------------------------- evaluating
@@ -377,18 +236,7 @@ def evaluate_model(model: Any, split: str | Split = "test", dataset: Dataset | N
     >>> result.images, len(result.confusion), sum(map(sum, result.confusion)), 0 <= result.accuracy <= 1
     (10, 10, 10, True)
     """
-    from mnist_cnn.evaluate import SPLITS, evaluate_classifier, load_split
-
-    classifier = load_run(model)
-    if isinstance(split, Split):
-        part, split_name = split, "given"
-    else:
-        if split not in SPLITS:
-            raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-        part = getattr(dataset, split) if dataset is not None else load_split(
-            classifier.config, split, str(data_dir) if data_dir else None)
-        split_name = split
-    return evaluate_classifier(classifier, part, split_name)
+    return evaluate(model, split, dataset, data_dir)
 
 
 def format_evaluation(evaluation: Evaluation) -> str:
@@ -401,8 +249,6 @@ def format_evaluation(evaluation: Evaluation) -> str:
     >>> print(format_evaluation(e).splitlines()[2])
     - Accuracy:	0.6667
     """
-    from mnist_cnn.evaluate import format_report
-
     return format_report(evaluation)
 
 
@@ -423,14 +269,7 @@ def tensorboard_scalars(run_dir: str | Path) -> dict[str, dict[str, list[tuple[f
     >>> sorted(scalars), [step for _, step, _ in scalars["validation"]["accuracy"]]
     (['train', 'validation'], [1, 2])
     """
-    from mnist_cnn.tbexport import read_scalars
-
-    run_dir = Path(run_dir)
-    writers = sorted(p for p in run_dir.iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))) \
-        if run_dir.is_dir() else []
-    if not writers:
-        raise UsageError(f"{run_dir} holds no TensorBoard event files (expected train/ and validation/)")
-    return {w.name: read_scalars(w) for w in writers}
+    return tbexport.read_run_scalars(run_dir)
 
 
 def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -445,9 +284,7 @@ def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[P
     >>> sorted(p.name for p in export_csv(run.run_dir) if p.name.startswith("run-validation"))
     ['run-validation-tag-accuracy.csv', 'run-validation-tag-loss.csv']
     """
-    from mnist_cnn.tbexport import export_csv as export
-
-    return export(run_dir, out_dir)
+    return tbexport.export_csv(run_dir, out_dir)
 
 
 # ---------------------------------------------------------------- figures
@@ -465,15 +302,13 @@ def plot_digits(images: Any, labels: Any, predicted: Any = None, class_names: Se
     >>> len([ax for ax in fig.axes if ax.get_title()]), sum(ax.title.get_color() == "red" for ax in fig.axes)
     (10, 1)
     """
-    from mnist_cnn.plots import plot_samples
-
-    x = _images_u8(images)
-    y = _labels(labels, len(x))
-    p = None if predicted is None else _labels(predicted, len(x))
+    x = as_images_u8(images)
+    y = as_labels(labels, len(x))
+    p = None if predicted is None else as_labels(predicted, len(x))
     names = tuple(class_names) if class_names is not None else tuple(str(k) for k in range(int(y.max()) + 1))
     if title is None:
         title = "Digits and their labels" if p is None else "True and predicted classes (mistakes in red)"
-    return plot_samples(x, y, p, names, _path(path), count=count, mistakes=mistakes, title=title)
+    return plots.plot_samples(x, y, p, names, _path(path), count=count, mistakes=mistakes, title=title)
 
 
 def plot_history(history: Any, path: str | Path | None = None):
@@ -481,17 +316,15 @@ def plot_history(history: Any, path: str | Path | None = None):
     result); or {name: history} to compare runs (validation curves).
 
     >>> from mnist_cnn import plot_history
-    >>> from mnist_cnn.runlog import EpochRecord
+    >>> from mnist_cnn.runs import EpochRecord
     >>> history = [EpochRecord(e, 1.0, 1e-4, 1 / e, 0.9 + e / 100, 1.1 / e, 0.9 + e / 110) for e in (1, 2, 3)]
     >>> fig = plot_history(history)
     >>> [ax.get_title() for ax in fig.axes]
     ['Accuracy', 'Loss (cross-entropy)']
     """
-    from mnist_cnn.plots import plot_comparison, plot_curves
-
     if isinstance(history, dict):
-        return plot_comparison([(n, getattr(h, "history", h)) for n, h in history.items()], _path(path))
-    return plot_curves(getattr(history, "history", history), _path(path))
+        return plots.plot_comparison([(n, getattr(h, "history", h)) for n, h in history.items()], _path(path))
+    return plots.plot_curves(getattr(history, "history", history), _path(path))
 
 
 def plot_filters(model: Any, layer: str | None = None, path: str | Path | None = None):
@@ -502,21 +335,8 @@ def plot_filters(model: Any, layer: str | None = None, path: str | Path | None =
     >>> fig.texts[0].get_text()
     'conv1: 5x5 filters, 6 out x 1 in'
     """
-    from mnist_cnn.show import conv_layers, plot_filters as plot
-
-    module = model if isinstance(model, torch.nn.Module) else load_run(model).model
-    if module is None:
-        raise UsageError("filters need the PyTorch network, not an exported .onnx file")
-    convs = dict(conv_layers(module))
-    if not convs:
-        raise UsageError("this network has no convolution layers")
-    name = layer or next(iter(convs))
-    if name not in convs:
-        raise UsageError(f"no convolution layer {name!r}; the network has: {', '.join(convs)}")
-    import matplotlib.pyplot as plt
-
-    fig = plot(name, convs[name], _path(path))
-    plt.close(fig)  # closed figures still display once in Jupyter; scripts leak nothing
+    fig = show.plot_filters(model, layer, path)
+    plots.close_figures(fig)  # closed figures still display once in Jupyter; scripts leak nothing
     return fig
 
 
@@ -530,13 +350,9 @@ def plot_confusion_matrix(evaluation: Evaluation, path: str | Path | None = None
     >>> plot_confusion_matrix(e).axes[0].get_xlabel()
     'predicted'
     """
-    import matplotlib.pyplot as plt
-
-    from mnist_cnn.plots import plot_confusion
-
-    fig = plot_confusion(evaluation.confusion, evaluation.class_names, _path(path),
-                         title=f"Confusion matrix, {evaluation.split} set (accuracy {evaluation.accuracy:.4f})")
-    plt.close(fig)
+    fig = plots.plot_confusion(evaluation.confusion, evaluation.class_names, _path(path),
+                               title=f"Confusion matrix, {evaluation.split} set (accuracy {evaluation.accuracy:.4f})")
+    plots.close_figures(fig)
     return fig
 
 
@@ -553,15 +369,11 @@ def plot_worst_mistakes(evaluation: Evaluation, images: Any, count: int = 15, pa
     >>> [ax.get_title() for ax in fig.axes if ax.get_title()]
     ['#2 true b\\npred a (70%)']
     """
-    import matplotlib.pyplot as plt
-
-    from mnist_cnn.plots import plot_mistakes
-
     shown = evaluation.worst_mistakes[:count]
-    x = _images_u8(images)
-    fig = plot_mistakes(x[[m.index for m in shown]] if shown else x[:0], shown, _path(path),
-                        title=f"Most confident mistakes, {evaluation.split} set")
-    plt.close(fig)
+    x = as_images_u8(images)
+    fig = plots.plot_mistakes(x[[m.index for m in shown]] if shown else x[:0], shown, _path(path),
+                              title=f"Most confident mistakes, {evaluation.split} set")
+    plots.close_figures(fig)
     return fig
 
 
@@ -573,11 +385,9 @@ def plot_scalars(scalars: Any, path: str | Path | None = None, tags: Sequence[st
     >>> [ax.get_title() for ax in plot_scalars(scalars).axes]
     ['accuracy', 'loss']
     """
-    from mnist_cnn.plots import plot_scalars as plot
-
     if isinstance(scalars, (str, Path)):
         scalars = tensorboard_scalars(scalars)
-    return plot(scalars, _path(path), tags)
+    return plots.plot_scalars(scalars, _path(path), tags)
 
 
 def _path(path: str | Path | None) -> Path | None:

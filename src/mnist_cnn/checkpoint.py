@@ -1,31 +1,32 @@
-"""Checkpoints: one file holding everything needed to continue a run bit-exactly.
+"""Checkpoint files: one file holding everything needed to continue a run bit-exactly.
 
 A checkpoint is a `torch.save`d dict of tensors and plain Python values, so it loads with
 `torch.load(weights_only=True)`: no pickled code ever runs. Writes are atomic (fileio.atomic_write_bytes),
-so a crash mid-write leaves the previous checkpoint intact.
+so a crash mid-write leaves the previous checkpoint intact. What the dict holds is declared once,
+beside the `TrainState` that produces it (trainstate.CHECKPOINT_SCHEMA); loading checks it there.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
 import io
 import pickletools
 import re
-import sys
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mnist_cnn.errors import CheckpointError
-from mnist_cnn.fileio import atomic_write_bytes, read_json
+from mnist_cnn.fileio import atomic_write_bytes
+from mnist_cnn.runs import describe_value
+from mnist_cnn.trainstate import CHECKPOINT_SCHEMA, READER_KEYS
 
 FORMAT = "mnist-cnn-checkpoint"
-# Bump when the layout below changes incompatibly; loading refuses other versions.
+# Bump when CHECKPOINT_SCHEMA changes incompatibly; loading refuses other versions.
 VERSION = 1
-REQUIRED_KEYS = ("format", "version", "config", "model", "class_names")
+REQUIRED_KEYS = ("format", "version", *READER_KEYS)
 
 
 class CheckpointWriteError(CheckpointError):
@@ -72,9 +73,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise CheckpointError(f"{path} is not a readable mnist-cnn checkpoint ({_load_failure(path, e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mnist-cnn checkpoint")
-    if state.get("version") != VERSION:
+    version = state.get("version")
+    if not (isinstance(version, int) and version == VERSION):  # a fuzzed file may hold a tensor here
         raise CheckpointError(
-            f"{path} has checkpoint format version {_short(state.get('version'))}, this mnist-cnn reads version {VERSION}")
+            f"{path} has checkpoint format version {describe_value(version)}, this mnist-cnn reads version {VERSION}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
@@ -133,156 +135,19 @@ def _pickle_globals(data: bytes):
             yield f"{strings[-2]}.{strings[-1]}"
 
 
-def _all_finite(tensors: dict[str, Any]) -> bool:
-    return all(torch.isfinite(t).all() for t in tensors.values() if isinstance(t, torch.Tensor) and t.is_floating_point())
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _tensor_dict(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-
-
-def _str_keyed_dict(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-
-
-# Every field a reader (evaluate, predict, export, show, serve, ensemble, train --resume) uses:
-# name -> (what it must be, test). Optional fields are checked when present; resume checks that
-# the ones it needs are there (trainstate.RESUME_KEYS).
-_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "config": ("a dict of settings: model and dataset strings, validation_size an int, channels_last a bool",
-               lambda v: _config_ok(v)),
-    "class_names": ("a non-empty list of strings",
-                    lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(c, str) for c in v)),
-    "model": ("a dict of tensors", _tensor_dict),
-    "ema": ("a dict of tensors or None", lambda v: v is None or _tensor_dict(v)),
-    "optimizer": ("a dict with 'state' and 'param_groups'",
-                  lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list)
-                  and all(isinstance(g, dict) for g in v["param_groups"])),
-    "schedule": ("a dict or None", lambda v: v is None or _str_keyed_dict(v)),
-    "rng": ("a dict of RNG states", lambda v: _rng_ok(v)),
-    "history": ("a list of per-epoch records (dicts of epoch, seconds, lr, losses and accuracies)",
-                lambda v: isinstance(v, list) and all(_epoch_record_ok(r) for r in v)),
-    "epoch": ("a non-negative int", lambda v: _is_int(v) and v >= 0),
-    "step_in_epoch": ("a non-negative int", lambda v: _is_int(v) and v >= 0),
-    "global_step": ("a non-negative int", lambda v: _is_int(v) and v >= 0),
-    "epoch_seconds": ("a number", _is_number),
-    "step_loss": ("a 1-D floating-point tensor", lambda v: isinstance(v, torch.Tensor) and v.ndim == 1 and v.is_floating_point()),
-    "step_correct": ("a 1-D integer tensor",
-                     lambda v: isinstance(v, torch.Tensor) and v.ndim == 1 and not v.is_floating_point() and v.dtype != torch.bool),
-}
-
-
-def _config_ok(config: Any) -> bool:
-    """The settings that evaluate, predict, show, export and ensemble read without the typed
-    TrainConfig (resume parses the whole config with config.from_dict)."""
-    if not _str_keyed_dict(config):
-        return False
-    return (isinstance(config.get("model", ""), str) and isinstance(config.get("dataset", ""), str) and isinstance(config.get("data_dir", ""), (str, type(None)))
-            and _is_int(config.get("validation_size", 0)) and isinstance(config.get("channels_last", True), bool)
-            and _is_number(config.get("epochs", 0)))
-
-
-def _epoch_record_ok(record: Any) -> bool:
-    from mnist_cnn.runlog import EpochRecord
-
-    names = [f.name for f in dataclasses.fields(EpochRecord)]
-    return (isinstance(record, dict) and set(record) == set(names) and _is_int(record["epoch"])
-            and all(_is_number(record[n]) for n in names))
-
-
-def _rng_ok(rng: Any) -> bool:
-    """The RNG streams resume restores (trainstate.restore_global_rng_state): generator states of
-    torch's own size, numpy's MT19937 (624 words) and Python's (625 words)."""
-    if not isinstance(rng, dict):
-        return False
-    generator_bytes = torch.get_rng_state().numel()
-
-    def generator(t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.shape == (generator_bytes,)
-
-    n, py = rng.get("numpy"), rng.get("python")
-    return (generator(rng.get("torch")) and generator(rng.get("data_order")) and generator(rng.get("data_order_epoch_start"))
-            and isinstance(rng.get("cuda"), (list, tuple)) and all(isinstance(t, torch.Tensor) for t in rng["cuda"])
-            and isinstance(n, dict) and isinstance(n.get("key"), torch.Tensor) and n["key"].shape == (624,)
-            and _is_int(n.get("pos")) and 0 <= n["pos"] <= 624 and _is_int(n.get("has_gauss"))
-            and _is_number(n.get("cached_gaussian"))
-            and isinstance(py, (list, tuple)) and len(py) == 3 and _is_int(py[0])
-            and isinstance(py[1], (list, tuple)) and len(py[1]) == 625 and all(_is_int(w) and 0 <= w < 2**32 for w in py[1])
-            and (py[2] is None or _is_number(py[2])))
-
-
 def check_schema(state: dict[str, Any]) -> str | None:
     """The first field of a loaded checkpoint that readers could not use, as "field X is ...
     (must be ...)"; None when every present field has the right type and shape."""
-    for name, (expected, ok) in _FIELDS.items():
-        if name in state and not _passes(ok, state[name]):
-            return f"field {name!r} is {_describe(state[name])} (must be {expected})"
+    for name, field in CHECKPOINT_SCHEMA.items():
+        if name in state and not _passes(field.check, state[name]):
+            return f"field {name!r} is {describe_value(state[name])} (must be {field.expected})"
     if "step_loss" in state and "step_correct" in state and len(state["step_loss"]) != len(state["step_correct"]):
         return "fields 'step_loss' and 'step_correct' have different lengths"
     return None
 
 
-def _passes(ok: Callable[[Any], bool], value: Any) -> bool:
+def _passes(ok: Any, value: Any) -> bool:
     try:
         return bool(ok(value))
     except Exception:  # a structure odd enough to break the test itself fails it
         return False
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    if isinstance(value, (dict, list, tuple)):
-        return f"a {_type_name(value)} of {len(value)} item{'s' if len(value) != 1 else ''}"
-    return f"{_short(value)} ({_type_name(value)})"
-
-
-def read_run_info(run_dir: Path) -> dict[str, Any]:
-    """run.json of `run_dir`, checked: a JSON object whose "status" is a string. A run without one
-    (an older layout, a copied checkpoint) reads as {"status": "unknown"}; a malformed one is
-    one CheckpointError line."""
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        return {"status": "unknown"}
-    info = read_json(path)
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{path} is not an mnist-cnn run.json: it holds {_describe(info)}, not a JSON object")
-    if not isinstance(info.get("status"), str):
-        raise CheckpointError(f"{path} is not an mnist-cnn run.json: field 'status' is "
-                              f"{_describe(info.get('status')) if 'status' in info else 'missing'} (must be a string)")
-    return info
-
-
-def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: Path | str) -> None:
-    """Load weights, turning a shape or key mismatch into a one-line CheckpointError; warn on
-    stderr when they are not finite.
-
-    The shapes are checked (by load_state_dict) before any value is looked at: a small file can
-    hold a tensor that claims 10^9 elements over one stored value (`expand`), which the finite
-    check would materialise; once loaded, every tensor is the model's own size."""
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        lines = str(e).strip().splitlines()
-        detail = next((line.strip() for line in lines[1:] if line.strip()), lines[0] if lines else "")
-        raise CheckpointError(f"{source} does not fit this model: {detail[:200]}") from None
-    if not _all_finite(model.state_dict()):
-        print(f"warning: {source} holds weights that are not finite (NaN or inf); its predictions are "
-              "meaningless (did training diverge? try a lower --lr)", file=sys.stderr)

@@ -1,7 +1,10 @@
 """The `mnist-cnn` command: parses arguments and calls library functions, nothing more.
 
 Every failure a user can cause ends as one line on stderr: exit 2 for usage errors, 1 for
-runtime errors, 130 for an interrupted run.
+runtime errors, 130 for an interrupted run. Each command's flags come from its settings
+dataclass (config.add_flags: TrainConfig, ServeConfig, TuneSettings, LrFindSettings) or are
+written below; each imports the library inside its add_/run_ functions, so that `--help` and a
+mistyped flag answer without importing torch.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import sys
 from typing import Callable, Sequence
 
 from mnist_cnn.errors import MnistCnnError, UsageError, escape_controls
+from mnist_cnn.version import __version__
 
 
 def path_arg(what: str) -> Callable[[str], str]:
@@ -40,27 +44,15 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                         "'fast' a small net reaching 99%% in seconds, 'best' the most accurate MNIST recipe, 'resnet-digits' "
                         "a residual net that ties it in twice the time, 'resnet-fashion' the most accurate "
                         "Fashion-MNIST one (docs/accuracy.md) (default: default)")
-    group = p.add_argument_group("config overrides (defaults shown are the 'default' preset's)")
-    for f in cfg.config_fields():
-        if f.name == "preset":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = f.type if isinstance(f.type, str) else f.type.__name__
-        # argparse %-formats help strings: a literal "10%" in a field's help would crash --help.
-        help_text = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
-        if kind == "bool":
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            convert = int if kind == "int" else float if kind == "float" else str
-            group.add_argument(flag, dest=f.name, type=convert, default=None, choices=f.metadata.get("choices"),
-                               metavar=None if f.metadata.get("choices") else f.name.upper(), help=help_text)
+    cfg.add_flags(p.add_argument_group("config overrides (defaults shown are the 'default' preset's)"),
+                  cfg.TrainConfig, exclude=("preset",))
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """The config fields given on the command line (None = not given)."""
     from mnist_cnn import config as cfg
 
-    return {f.name: getattr(args, f.name) for f in cfg.config_fields() if f.name != "preset"}
+    return {f.name: getattr(args, f.name) for f in cfg.flag_fields(cfg.TrainConfig) if f.name != "preset"}
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
@@ -104,18 +96,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- tune
 def add_tune(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study", required=True, metavar="NAME", help="study name: its trials and results go in OUT/tune-NAME")
-    p.add_argument("--trials", type=int, required=True, metavar="N",
-                   help="finished (complete or pruned) trials the study should reach; run again to continue")
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help="start no new trial after this long (per worker)")
-    p.add_argument("--jobs", type=int, default=1, metavar="K",
-                   help="worker processes on this machine, each with --threads cores/K unless --threads is given (default: 1)")
-    p.add_argument("--storage", metavar="URL",
-                   help="database shared by several machines, e.g. postgresql://user:password@host/db "
-                        "(default: a journal file in the study folder)")
-    p.add_argument("--space", metavar="FILE",
-                   help="TOML or JSON search space replacing the preset's default (see docs/tuning.md)")
-    p.add_argument("--out", default="runs", metavar="DIR", help="parent of the study folder (default: runs)")
+    from mnist_cnn import config as cfg
+    cfg.add_flags(p, cfg.TuneSettings)
     add_config_flags(p)
     p.epilog = "Config flags given here are fixed for every trial; the search space varies the others."
 
@@ -123,23 +105,20 @@ def add_tune(p: argparse.ArgumentParser) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     import shlex
 
-    from mnist_cnn.tune import TuneSettings, format_report, tune
+    from mnist_cnn import config as cfg
+    from mnist_cnn.tune import format_report, tune
 
     fixed = {k: v for k, v in config_overrides(args).items() if v is not None}
-    settings = TuneSettings(study=args.study, trials=args.trials, preset=args.preset or "default", fixed=fixed,
-                            space_file=args.space, out_dir=args.out, storage=args.storage, jobs=args.jobs,
-                            timeout=args.timeout, continue_command="mnist-cnn " + shlex.join(args.argv))
+    settings = cfg.TuneSettings(**cfg.given_flags(cfg.TuneSettings, args), preset=args.preset or "default", fixed=fixed,
+                            continue_command="mnist-cnn " + shlex.join(args.argv))
     print(format_report(tune(settings)))
     return 0
 
 
 # ---------------------------------------------------------------- lr-find
 def add_lr_find(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--start", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
-    p.add_argument("--end", type=float, default=10.0, help="last learning rate (default: 10)")
-    p.add_argument("--steps", type=int, default=200, help="optimizer steps of the sweep (default: 200)")
-    p.add_argument("--out", default="lr-find", metavar="DIR",
-                   help="where lr-find.csv and lr-find.png go (default: lr-find); no run directory is made")
+    from mnist_cnn import config as cfg
+    cfg.add_flags(p, cfg.LrFindSettings)
     p.add_argument("--write-config", metavar="FILE",
                    help="write the config with the suggested lr as JSON (for mnist-cnn train --config FILE)")
     p.add_argument("--config", metavar="FILE", help="start from this JSON or TOML config file")
@@ -147,14 +126,14 @@ def add_lr_find(p: argparse.ArgumentParser) -> None:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from mnist_cnn import config as cfg
+    from mnist_cnn.fileio import write_json
     from mnist_cnn.lr_find import lr_find
-    from mnist_cnn.runs import write_json
 
     config = resolve_config(args)
-    r = lr_find(config, start=args.start, end=args.end, steps=args.steps, out_dir=args.out)
+    r = lr_find(config, **asdict(cfg.LrFindSettings(**cfg.given_flags(cfg.LrFindSettings, args))))
     stop = f"stopped at lr {r.diverged_at:.3g} (loss > 4x its best)" if r.diverged_at else "ran all steps"
     print(f"Swept {len(r.lrs)} steps from {r.lrs[0]:.3g} to {r.lrs[-1]:.3g}; {stop}.")
     print(f"Suggested lr {r.suggested_lr:.3g} (steepest descent of the smoothed loss); "
@@ -190,45 +169,25 @@ def add_evaluate(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from mnist_cnn.evaluate import evaluate_classifier, format_report, load_split, write_report
+    from mnist_cnn.evaluate import evaluate, format_members, format_report, write_report
     from mnist_cnn.inference import load_classifier
 
-    if len(args.run) > 1 or args.tta:
-        return _evaluate_ensemble(args)
-    classifier = load_classifier(args.run[0], args.device)
-    part = load_split(classifier.config, args.split, args.data_dir)
-    result = evaluate_classifier(classifier, part, args.split)
-    if args.files:
-        write_report(result, part.images, args.out or classifier.output_dir("evaluation"), classifier.global_step)
+    many = len(args.run) > 1 or args.tta
+    models = args.run if many else load_classifier(args.run[0], args.device)
+    result = evaluate(models, args.split, data_dir=args.data_dir, tta=args.tta, device=args.device)
+    # An ensemble has no run directory of its own: its files are written only with --out.
+    out = args.out or (None if many else models.output_dir("evaluation"))
+    if args.files and out:
+        write_report(result, result.split_data.images, out, 0 if many else models.global_step)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(format_report(result))
-        if result.files:
-            print("\nWrote " + ", ".join(result.files[k] for k in ("report", "confusion", "mistakes"))
-                  + f"\nTensorBoard images: tensorboard --logdir {result.files['tensorboard']}")
-    return 0
-
-
-def _evaluate_ensemble(args: argparse.Namespace) -> int:
-    """Several runs (and/or TTA): member and ensemble accuracy; the full report of the ensemble.
-    Files are written only with --out (an ensemble has no run directory of its own)."""
-    import json
-
-    from mnist_cnn.ensemble import evaluate_ensemble, format_members
-    from mnist_cnn.evaluate import format_report, write_report
-
-    result = evaluate_ensemble(args.run, args.split, args.data_dir, args.device, tta=args.tta)
-    if args.files and args.out:
-        write_report(result.evaluation, result.data.images, args.out)
-    if args.json:
-        print(json.dumps({**result.evaluation.to_dict(), "tta": result.tta,
-                          "members": [vars(m) for m in result.members]}, indent=2))
         return 0
-    print(format_members(result) + "\n")
-    print(format_report(result.evaluation))
-    if result.evaluation.files:
-        print("\nWrote " + ", ".join(result.evaluation.files[k] for k in ("report", "confusion", "mistakes")))
+    if many:
+        print(format_members(result) + "\n")
+    print(format_report(result))
+    if result.files:
+        print("\nWrote " + ", ".join(result.files[k] for k in ("report", "confusion", "mistakes"))
+              + ("" if many else f"\nTensorBoard images: tensorboard --logdir {result.files['tensorboard']}"))
     return 0
 
 
@@ -344,46 +303,18 @@ def run_models(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- serve
 def add_serve(p: argparse.ArgumentParser) -> None:
-    from mnist_cnn.serve.config import DEFAULT_MAX_UPLOAD_MB, ServeConfig
+    from mnist_cnn import config as cfg
+    from mnist_cnn.serve.config import ServeConfig
 
-    d = ServeConfig("")
-    p.add_argument("run", metavar="RUN", help="run directory, a .pt checkpoint file (the file named is the one loaded), or an exported .onnx file")
-    p.add_argument("--host", default=d.host,
-                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 = every interface)")
-    p.add_argument("--port", type=int, default=d.port, help="TCP port (default: 8000; 0 = any free port)")
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    p.add_argument("--workers", type=int, default=d.workers, metavar="N",
-                   help="server processes, each with its own copy of the model (default: 1)")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, metavar="N",
-                   help=f"images decoded at once per process in worker threads (default: {d.concurrency}; "
-                        "each may take tens of MB); the rest wait their turn")
-    p.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N",
-                   help=f"open connections per process before new requests get HTTP 503 (default: {d.max_connections})")
-    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, metavar="MB",
-                   help=f"largest request body accepted, MiB (default: {DEFAULT_MAX_UPLOAD_MB}); larger ones get HTTP 413")
-    p.add_argument("--header-timeout", type=float, default=d.header_timeout, metavar="S",
-                   help=f"seconds a client has to send its request headers (default: {d.header_timeout:g}), else 408")
-    p.add_argument("--body-timeout", type=float, default=d.body_timeout, metavar="S",
-                   help=f"seconds a client has to send its request body (default: {d.body_timeout:g}), else 408")
-    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                   help="answer requests whose Host is NAME too (repeatable; default: localhost, 127.0.0.1, ::1 "
-                        "only; '*.example.com' = its subdomains; '*' = any, which lets other web sites reach the "
-                        "server by DNS rebinding)")
-    p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
-                   help="let web pages from ORIGIN (e.g. http://localhost:3000) call the API (repeatable; "
-                        "default: cross-origin POSTs are refused)")
-    p.add_argument("--log-requests", action="store_true", help="log every request, not only refused ones")
+    cfg.add_flags(p, ServeConfig)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from mnist_cnn import config as cfg
     from mnist_cnn.serve.config import ServeConfig
     from mnist_cnn.serve.server import serve
 
-    serve(ServeConfig(run=args.run, host=args.host, port=args.port, device=args.device, workers=args.workers,
-                      concurrency=args.concurrency, max_connections=args.max_connections,
-                      max_upload_mb=args.max_upload_mb, header_timeout=args.header_timeout,
-                      body_timeout=args.body_timeout, allow_hosts=tuple(args.allow_host), cors=tuple(args.cors),
-                      log_all=args.log_requests))
+    serve(ServeConfig(**cfg.given_flags(ServeConfig, args)))
     return 0
 
 
@@ -439,8 +370,6 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mnist_cnn import __version__
-
     parser = Parser(prog="mnist-cnn", description="Train, inspect and use small CNNs on MNIST-family images.")
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)

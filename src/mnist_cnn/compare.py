@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from mnist_cnn.checkpoint import read_run_info
+from mnist_cnn.data.registry import DATASETS
 from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import read_json
-from mnist_cnn.runlog import EpochRecord, read_metrics_csv
+from mnist_cnn.models import count_parameters, create_model, saved_shape
+from mnist_cnn.runs import EpochRecord, read_metrics_csv, read_run_info
 
 
 @dataclass
@@ -42,9 +43,6 @@ class RunSummary:
 
 def summarize_run(run: str | Path) -> RunSummary:
     """What one run directory says about itself."""
-    from mnist_cnn.data.registry import DATASETS
-    from mnist_cnn.models import count_parameters, create_model, saved_shape
-
     path = Path(run)
     if path.is_file() and path.suffix == ".pt":
         path = path.parent

@@ -1,70 +1,166 @@
-"""One typed configuration for training, and the named presets.
+"""One typed configuration for training, the named presets, and the flag generator every
+command's settings share.
 
-Every field carries its unit and meaning in `help`; the CLI builds its flags from these fields,
-so a field added here is a flag there. Values are checked in `validate`; unknown keys are
-rejected in `from_dict`. The resolved config is written into every run directory and checkpoint.
+Every field carries its unit and meaning in `help`; the CLI builds its flags from these fields
+(`add_flags`), so a field added here is a flag there; serve's, tune's and lr-find's settings
+dataclasses are declared with the same `setting` and get their flags the same way. Values are
+checked in `validate`; unknown keys are rejected in `from_dict`. The resolved config is written
+into every run directory and checkpoint.
+
+Data sets, models and augmentations are imported inside the functions that check them: the
+CLI builds `--help` from this module, which must not import torch.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mnist_cnn.errors import UsageError
+from mnist_cnn.fileio import read_settings_file
 
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def setting(default: Any = MISSING, help: str = "", choices: tuple[str, ...] | None = None, *,
+            flag: str | None = "", metavar: str | None = None) -> Any:
+    """A field of a settings dataclass, with what its command-line flag needs: `help` (unit and
+    meaning; --help adds the default), `choices`, and `flag`: "" = --field-name, "NAME" (no
+    dashes) = a positional argument, None = no flag (set from Python or by the command itself)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "metavar": metavar})
+
+
+def _kind(f: dataclasses.Field) -> str:
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def flag_fields(settings: type) -> list[dataclasses.Field]:
+    """The fields of a settings dataclass that have a flag."""
+    return [f for f in dataclasses.fields(settings) if "help" in f.metadata and f.metadata["flag"] is not None]
+
+
+def add_flags(parser: Any, settings: type, exclude: tuple[str, ...] = ()) -> None:
+    """One argparse argument per flagged field of the dataclass `settings`, typed from the field.
+    Options default to None (= not given: the dataclass's default applies, see `given_flags`)."""
+    for f in flag_fields(settings):
+        if f.name in exclude:
+            continue
+        kind, choices, flag = _kind(f), f.metadata["choices"], f.metadata["flag"] or "--" + f.name.replace("_", "-")
+        # argparse %-formats help strings: a literal "10%" in a field's help would crash --help.
+        shown = "" if f.default is MISSING else f" (default: {f.default if f.default != () else 'none'})"
+        help_text = (f.metadata["help"] + shown).replace("%", "%%")
+        if not flag.startswith("-"):
+            parser.add_argument(f.name, metavar=flag, help=help_text)
+        elif kind == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind.startswith("tuple"):  # repeatable: each use adds one value
+            parser.add_argument(flag, dest=f.name, action="append", default=None, metavar=f.metadata["metavar"],
+                                help=help_text)
+        else:
+            convert = int if kind.startswith("int") else float if kind.startswith("float") else str
+            metavar = f.metadata["metavar"] or (None if choices else f.name.upper())
+            parser.add_argument(flag, dest=f.name, type=convert, default=None, choices=choices, metavar=metavar,
+                                required=f.default is MISSING and f.default_factory is MISSING, help=help_text)
+
+
+def given_flags(settings: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The flagged fields of `settings` given on the command line (those left out are None)."""
+    values = {f.name: getattr(args, f.name, None) for f in flag_fields(settings)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
 
 
 @dataclass
 class TrainConfig:
     # What to train on what.
-    model: str = _f("seed", "registered network name (see `mnist-cnn models`)")
-    dataset: str = _f("mnist", "data set name: mnist, fashion-mnist, kmnist or emnist-digits (see mnist_cnn.data.DATASETS), or folder (your own images in --data-dir)")
-    data_dir: str | None = _f(None, "directory holding the four IDX files (plain or .gz), tried first; "
-                                    "with --dataset folder, the image folders (<class>/*.png)")
-    validation_size: int = _f(5000, "images taken from the START of the official training file for validation")
-    train_subset: int = _f(0, "train on only the first N training images, 0 = all (quick trials)")
+    model: str = setting("seed", "registered network name (see `mnist-cnn models`)")
+    dataset: str = setting("mnist", "data set name: mnist, fashion-mnist, kmnist or emnist-digits (see mnist_cnn.data.DATASETS), or folder (your own images in --data-dir)")
+    data_dir: str | None = setting(None, "directory holding the four IDX files (plain or .gz), tried first; "
+                                         "with --dataset folder, the image folders (<class>/*.png)")
+    validation_size: int = setting(5000, "images taken from the START of the official training file for validation")
+    train_subset: int = setting(0, "train on only the first N training images, 0 = all (quick trials)")
     # How to train.
-    epochs: int = _f(6, "passes over the training set")
-    batch_size: int = _f(128, "images per optimizer step")
-    optimizer: str = _f("adam", "optimizer", ("adam", "adamw", "sgd"))
-    lr: float = _f(3e-3, "learning rate (the peak rate when a schedule is used)")
-    weight_decay: float = _f(0.0, "weight decay (L2 for adam/sgd, decoupled for adamw)")
-    momentum: float = _f(0.9, "SGD momentum (sgd only)")
-    schedule: str = _f("onecycle", "learning-rate schedule over all steps", ("constant", "onecycle", "linear"))
-    warmup: float = _f(0.25, "fraction of all steps spent warming up (onecycle, linear)")
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing, 0 = plain softmax cross-entropy")
-    augment: str = _f("none", "training-batch augmentation, batched on the device, parts joined by '+' "
-                      "(see augment.py): affine = random rotation +-10 deg, zoom +-10%, shift +-2 px; "
-                      "elastic = affine plus a smooth random distortion (Simard et al. 2003); crop = shift "
-                      "by up to +-2 px with zero fill; flip = left-right mirror, half the images (refused "
-                      "for data sets whose classes are not mirror-symmetric: digits, letters); erase = "
-                      "a random rectangle of noise (2-40% of the image) on half the images; "
-                      "fashion = crop+flip+erase; none = off")
-    ema: float = _f(0.0, "decay per optimizer step of an exponential moving average of the weights, "
-                    "used for validation and saved for evaluation; 0 = off (0.999 ~ last 1000 steps)")
+    epochs: int = setting(6, "passes over the training set")
+    batch_size: int = setting(128, "images per optimizer step")
+    optimizer: str = setting("adam", "optimizer", ("adam", "adamw", "sgd"))
+    lr: float = setting(3e-3, "learning rate (the peak rate when a schedule is used)")
+    weight_decay: float = setting(0.0, "weight decay (L2 for adam/sgd, decoupled for adamw)")
+    momentum: float = setting(0.9, "SGD momentum (sgd only)")
+    schedule: str = setting("onecycle", "learning-rate schedule over all steps", ("constant", "onecycle", "linear"))
+    warmup: float = setting(0.25, "fraction of all steps spent warming up (onecycle, linear)")
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing, 0 = plain softmax cross-entropy")
+    augment: str = setting("none", "training-batch augmentation, batched on the device, parts joined by '+' "
+                           "(see augment.py): affine = random rotation +-10 deg, zoom +-10%, shift +-2 px; "
+                           "elastic = affine plus a smooth random distortion (Simard et al. 2003); crop = shift "
+                           "by up to +-2 px with zero fill; flip = left-right mirror, half the images (refused "
+                           "for data sets whose classes are not mirror-symmetric: digits, letters); erase = "
+                           "a random rectangle of noise (2-40% of the image) on half the images; "
+                           "fashion = crop+flip+erase; none = off")
+    ema: float = setting(0.0, "decay per optimizer step of an exponential moving average of the weights, "
+                         "used for validation and saved for evaluation; 0 = off (0.999 ~ last 1000 steps)")
     # Network shape, for the networks that take it (see `mnist-cnn models`); refused for the others.
-    depth: int = _f(0, "residual blocks per stage (resnet: 3 stages at 28, 14 and 7 px, 2 convs a block, "
-                    "6*depth+2 weight layers); 0 = the network's default (resnet: 1)")
-    width: int = _f(0, "channels of the first stage, doubled at each later one (resnet: stages w, 2w, 4w; "
-                    "best: convs w, 2w, 4w); 0 = the network's default (resnet: 32, best: 24)")
+    depth: int = setting(0, "residual blocks per stage (resnet: 3 stages at 28, 14 and 7 px, 2 convs a block, "
+                         "6*depth+2 weight layers); 0 = the network's default (resnet: 1)")
+    width: int = setting(0, "channels of the first stage, doubled at each later one (resnet: stages w, 2w, 4w; "
+                         "best: convs w, 2w, 4w); 0 = the network's default (resnet: 32, best: 24)")
     # Reproducibility and machine.
-    seed: int = _f(0, "seeds model init, data order and every RNG")
-    device: str = _f("auto", "auto = cuda when available, else cpu", ("auto", "cpu", "cuda"))
-    threads: int = _f(0, "CPU threads for torch, 0 = torch's default (one per core)")
-    channels_last: bool = _f(True, "NHWC memory layout (faster convolutions on CPU)")
-    amp: str = _f("off", "mixed precision on CUDA: bf16 = forward and loss under torch.autocast(bfloat16), "
-                  "weights and optimizer stay float32; refused on CPU (autocast there is for CUDA only)",
-                  ("off", "bf16"))
-    compile: bool = _f(False, "torch.compile the model for training (minutes of compiling first; "
-                       "meant for long GPU runs)")
+    seed: int = setting(0, "seeds model init, data order and every RNG")
+    device: str = setting("auto", "auto = cuda when available, else cpu", ("auto", "cpu", "cuda"))
+    threads: int = setting(0, "CPU threads for torch, 0 = torch's default (one per core)")
+    channels_last: bool = setting(True, "NHWC memory layout (faster convolutions on CPU)")
+    amp: str = setting("off", "mixed precision on CUDA: bf16 = forward and loss under torch.autocast(bfloat16), "
+                       "weights and optimizer stay float32; refused on CPU (autocast there is for CUDA only)",
+                       ("off", "bf16"))
+    compile: bool = setting(False, "torch.compile the model for training (minutes of compiling first; "
+                            "meant for long GPU runs)")
     # Saving.
-    checkpoint_every: int = _f(0, "also checkpoint every N optimizer steps (0 = only at epoch ends)")
-    preset: str = _f("default", "the preset these values started from (informational)")
+    checkpoint_every: int = setting(0, "also checkpoint every N optimizer steps (0 = only at epoch ends)")
+    preset: str = setting("default", "the preset these values started from (informational)")
+
+
+# ---------------------------------------------------------------- the other commands' settings
+
+@dataclass
+class TuneSettings:
+    """`mnist-cnn tune`'s settings; the command's flags and --help are generated from these fields."""
+
+    study: str = setting(help="study name: its trials and results go in OUT/tune-NAME (and it names the study "
+                              "in its storage)", metavar="NAME")
+    trials: int = setting(help="finished (complete or pruned) trials the study should reach; run again to continue",
+                          metavar="N")
+    preset: str = setting("default", "the preset trials start from", flag=None)  # the CLI's --preset
+    fixed: dict[str, Any] = field(default_factory=dict)   # config fields given on the command line
+    space_file: str | None = setting(None, "TOML or JSON search space replacing the preset's default "
+                                           "(see docs/tuning.md)", flag="--space", metavar="FILE")
+    out_dir: str = setting("runs", "parent of the study folder", flag="--out", metavar="DIR")
+    storage: str | None = setting(None, "database shared by several machines, e.g. "
+                                        "postgresql://user:password@host/db (none: a journal file in the study "
+                                        "folder)", metavar="URL")
+    jobs: int = setting(1, "worker processes on this machine, each with --threads cores/K unless --threads is "
+                           "given", metavar="K")
+    timeout: float | None = setting(None, "start no new trial after this long, seconds (per worker)",
+                                    metavar="SECONDS")
+    heartbeat_s: float = 10.0                    # RDB storage: seconds between a trial's heartbeats
+    continue_command: str = ""                   # printed when interrupted, to carry on
+    startup_trials: int = 4                      # trials that finish before the pruner judges any
+    sampler_seed: int | None = None              # TPE's seed (+ worker index); None = fresh each run, as a
+                                                 # resumed or parallel search cannot replay its order anyway
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.out_dir) / f"tune-{self.study}"
+
+
+@dataclass
+class LrFindSettings:
+    """`mnist-cnn lr-find`'s own settings (the config flags say what is trained); its flags and
+    --help are generated from these fields."""
+
+    start: float = setting(1e-7, "first learning rate")
+    end: float = setting(10.0, "last learning rate")
+    steps: int = setting(200, "optimizer steps of the sweep")
+    out_dir: str = setting("lr-find", "where lr-find.csv and lr-find.png go; no run directory is made",
+                           flag="--out", metavar="DIR")
 
 
 # Presets are named overrides of the defaults above.
@@ -122,8 +218,6 @@ def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """TrainConfig fields from a JSON or TOML file (by suffix; JSON otherwise), e.g. a tune
     study's best-config.json. Only the keys are checked here; `make_config` checks the values."""
-    from mnist_cnn.fileio import read_settings_file
-
     path = Path(path)
     values = read_settings_file(path, "config file")
     if not isinstance(values, dict):
@@ -187,6 +281,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
 
 def validate(c: TrainConfig) -> None:
     """Reject values that cannot train, with the reason."""
+    # At call time: these import torch, and the CLI builds --help from this module.
     from mnist_cnn.data.registry import get_spec
     from mnist_cnn.models import model_names
 
@@ -225,6 +320,7 @@ def validate(c: TrainConfig) -> None:
 
 def _validate_model_shape(c: TrainConfig) -> None:
     """depth and width: >= 0, and non-zero only for networks that take them (never silently ignored)."""
+    # At call time: these import torch, and the CLI builds --help from this module.
     from mnist_cnn.models import SHAPE_OPTIONS, shape_options
 
     for option in SHAPE_OPTIONS:
@@ -238,6 +334,7 @@ def _validate_model_shape(c: TrainConfig) -> None:
 
 def _validate_augment(c: TrainConfig) -> None:
     """A known --augment value; mirror images only for data sets whose classes survive a mirror."""
+    # At call time: these import torch, and the CLI builds --help from this module.
     from mnist_cnn.augment import FLIP_PARTS, parse_augment
     from mnist_cnn.data.registry import DATASETS
 

@@ -23,14 +23,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mnist_cnn.errors import MnistCnnError, UsageError
-from mnist_cnn.inference import evaluate_split
+from mnist_cnn.inference import loss_and_accuracy
 
 T = TypeVar("T")
 
@@ -160,11 +161,30 @@ def from_main(fn: Callable[[], T], info: DistInfo) -> T:
 STOP_POLL_STEPS = 10
 
 
-class SingleProcess:
-    """The training loop's view of its processes when there is one: every method is the identity.
+class Strategy(Protocol):
+    """What the training loop asks of its processes; `SingleProcess` and `DDP` below answer it,
+    and the loop never asks which one it has (Lightning's Strategy, reduced to what we use)."""
 
-    `DDP` below has the same methods; the loop calls them and never asks which one it has.
-    """
+    device: torch.device
+    info: DistInfo
+
+    @property
+    def is_main(self) -> bool: ...
+    def check_batch(self, batch_size: int) -> None: ...
+    def shard(self, batch_indices: torch.Tensor) -> torch.Tensor: ...
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+    def reduce_steps(self, step_loss: torch.Tensor, step_correct: torch.Tensor) -> None: ...
+    def loss_and_accuracy(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                          channels_last: bool) -> tuple[float, float]: ...
+    def agreed_stop(self, signal_name: str | None, step: int | None = None) -> str | None: ...
+    def main_decides(self, flag: bool) -> bool: ...
+    def run_once(self, fn: Callable[[], T]) -> T: ...
+    def barrier(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class SingleProcess:
+    """The training loop's view of its processes when there is one: every method is the identity."""
 
     info = SINGLE
 
@@ -190,10 +210,10 @@ class SingleProcess:
     def reduce_steps(self, step_loss: torch.Tensor, step_correct: torch.Tensor) -> None:
         """Per-step metrics of this process's shards -> the global batch's, in place."""
 
-    def evaluate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 channels_last: bool) -> tuple[float, float]:
+    def loss_and_accuracy(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                          channels_last: bool) -> tuple[float, float]:
         """(mean loss, accuracy) of `model` on a split."""
-        return evaluate_split(model, images, labels, channels_last=channels_last)
+        return loss_and_accuracy(model, images, labels, channels_last=channels_last)
 
     def agreed_stop(self, signal_name: str | None, step: int | None = None) -> str | None:
         """The stop signal every process acts on now (`step` None: an epoch end)."""
@@ -233,8 +253,6 @@ class DDP(SingleProcess):
 
     def wrap(self, model: nn.Module) -> nn.Module:
         # DDP broadcasts rank 0's weights at construction: load a checkpoint before wrapping.
-        from torch.nn.parallel import DistributedDataParallel
-
         device = self.device
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -244,14 +262,14 @@ class DDP(SingleProcess):
         step_loss.div_(self.info.world_size)
         dist.all_reduce(step_correct, op=dist.ReduceOp.SUM)
 
-    def evaluate(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 channels_last: bool) -> tuple[float, float]:
+    def loss_and_accuracy(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                          channels_last: bool) -> tuple[float, float]:
         """Each rank evaluates a contiguous shard; results combine weighted by shard size."""
         n, rank, world = len(labels), self.info.rank, self.info.world_size
         lo, hi = n * rank // world, n * (rank + 1) // world
         sums = torch.zeros(3, dtype=torch.float64)  # loss * count, accuracy * count, count
         if hi > lo:
-            loss, accuracy = evaluate_split(model, images[lo:hi], labels[lo:hi], channels_last=channels_last)
+            loss, accuracy = loss_and_accuracy(model, images[lo:hi], labels[lo:hi], channels_last=channels_last)
             sums += torch.tensor([loss * (hi - lo), accuracy * (hi - lo), hi - lo], dtype=torch.float64)
         if dist.get_backend() == "nccl":
             sums = sums.cuda()
@@ -279,7 +297,7 @@ class DDP(SingleProcess):
         cleanup(self.info)
 
 
-def make_strategy(device: torch.device) -> SingleProcess:
+def make_strategy(device: torch.device) -> Strategy:
     """`DDP` when torchrun started this process (it joins the group now), else `SingleProcess`."""
     info = init_distributed(device)
     return DDP(device, info) if info.enabled else SingleProcess(device)

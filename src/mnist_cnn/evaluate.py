@@ -1,22 +1,35 @@
-"""Where a trained model fails: loss, accuracy, per-class precision/recall/F1, confusion matrix,
-most-confused pairs and the worst mistakes, as numbers, JSON, PNGs and TensorBoard images.
+"""`evaluate`: where a trained model (or several, as an ensemble) fails on a split: loss, accuracy,
+per-class precision/recall/F1, confusion matrix, most-confused pairs and the worst mistakes, as
+numbers, JSON, PNGs and TensorBoard images.
+
+    from mnist_cnn.evaluate import evaluate
+    evaluate("runs/best-s0").accuracy
+    result = evaluate(["runs/best-s0", "runs/best-s1", "runs/best-s2"], tta=True)
+    result.accuracy, [m.accuracy for m in result.members]
 
 The metrics are computed from log-probabilities (`summarize`), not from a model, so an ensemble
-is evaluated the same way: average the members' probabilities
-(`ensemble_log_probs([...])`) and pass the result.
+is evaluated the same way: its prediction is the average of its members' probabilities (not
+logits: members trained differently have differently scaled logits). With `tta`, each member's
+probabilities are first averaged over fixed 1-pixel shifts of every image (augment.TTA_SHIFTS),
+applied to the uint8 images, so it works for any backend (PyTorch or ONNX).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from mnist_cnn.augment import TTA_SHIFTS, tta_views
+from mnist_cnn.data import Split
 from mnist_cnn.errors import UsageError
-
-SPLITS = ("train", "validation", "test")
+from mnist_cnn.fileio import write_json
+from mnist_cnn.inference import Classifier, load_run
+from mnist_cnn.outputs import OutputDir
+from mnist_cnn.plots import close_figures, plot_confusion, plot_mistakes
+from mnist_cnn.runs import SPLITS, load_split
 
 
 @dataclass
@@ -44,6 +57,15 @@ class Mistake:
 
 
 @dataclass
+class Member:
+    """One model of an ensemble (or the one model evaluated with TTA), scored alone."""
+
+    source: str
+    accuracy: float      # this member alone (with TTA when the evaluation uses it)
+    loss: float          # its mean cross-entropy, nats
+
+
+@dataclass
 class Evaluation:
     split: str
     images: int
@@ -56,9 +78,18 @@ class Evaluation:
     worst_mistakes: list[Mistake] = field(default_factory=list)
     source: str = ""                                            # the run or .onnx file evaluated
     files: dict[str, str] = field(default_factory=dict)         # figure name -> path written
+    tta: bool = False                                           # probabilities averaged over shifted views
+    members: list[Member] = field(default_factory=list)         # an ensemble's (or TTA's) models, each alone
+    split_data: Any = field(default=None, repr=False, compare=False)  # the data.Split evaluated (for figures)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON report (`tta` and `members` only for an ensemble or TTA, as `evaluate` prints them)."""
+        out = asdict(replace(self, split_data=None))  # asdict would deep-copy the split's tensors
+        out.pop("split_data")
+        if not self.members:
+            out.pop("tta")
+            out.pop("members")
+        return out
 
 
 def ensemble_log_probs(members: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -100,44 +131,71 @@ def summarize(log_probs: torch.Tensor, labels: torch.Tensor, class_names: Sequen
                       most_confused, worst_mistakes)
 
 
-def load_split(config: dict[str, Any], split: str, data_dir: str | None = None):
-    """The `split` (a data.Split) of the data set a run was trained on, with its config's validation size."""
-    from mnist_cnn.data import load_dataset
+def evaluate(model_or_models: Any, split: str | Split = "test", dataset: Any = None, data_dir: str | Path | None = None,
+             *, tta: bool = False, device: str = "cpu") -> Evaluation:
+    """Metrics of a trained model, or of several as an ensemble, on a split.
 
-    if split not in SPLITS:
-        raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    if "dataset" not in config:
-        raise UsageError("the model carries no training config, so its data set is unknown")
-    dataset = load_dataset(config["dataset"], data_dir or config.get("data_dir"), config.get("validation_size", 5000),
-                           progress=False)
-    return getattr(dataset, split)
-
-
-def evaluate_classifier(classifier, part, split: str = "test") -> Evaluation:
-    """Evaluate a `inference.Classifier` on a data.Split."""
-    log_probs = torch.log_softmax(classifier.logits(part.images).double(), 1)
-    evaluation = summarize(log_probs, part.labels, classifier.class_names, split)
-    evaluation.source = str(classifier.source)
+    `model_or_models`: a run directory, a .pt checkpoint, an .onnx file, a loaded Classifier or
+    `train`'s result, or a list of them (their probabilities averaged). `split`: "train",
+    "validation" or "test" of `dataset` (default: the data set the models were trained on, loaded
+    again), or a data.Split itself. `tta`: average each model's probabilities over the image and
+    its shifted views (len(TTA_SHIFTS) forward passes). An ensemble, or TTA, also scores each
+    member alone (`members`)."""
+    many = isinstance(model_or_models, (list, tuple))
+    classifiers = [load_run(m, device) for m in (model_or_models if many else [model_or_models])]
+    if not classifiers:
+        raise UsageError("an ensemble needs at least one run")
+    _check_same_task(classifiers)
+    part, split_name = _split_for(classifiers[0], split, dataset, data_dir)
+    member_log_probs = [classifier_log_probs(c, part.images, tta) for c in classifiers]
+    log_probs = member_log_probs[0] if len(classifiers) == 1 else ensemble_log_probs(member_log_probs)
+    evaluation = summarize(log_probs, part.labels, classifiers[0].class_names, split_name)
+    evaluation.source = " + ".join(str(c.source) for c in classifiers) + (" (TTA)" if tta else "")
+    evaluation.tta, evaluation.split_data = tta, part
+    if many or tta:
+        labels = part.labels.long()
+        evaluation.members = [Member(str(c.source), float((lp.argmax(1) == labels).double().mean()),
+                                     float(-lp[torch.arange(len(labels)), labels].mean()))
+                              for c, lp in zip(classifiers, member_log_probs)]
     return evaluation
 
 
-def evaluate_run(run: str | Path, split: str = "test", data_dir: str | None = None,
-                 device: str = "auto") -> Evaluation:
-    """Metrics of a run's model (or an exported .onnx) on `split` of the data set it was trained on."""
-    from mnist_cnn.inference import load_classifier
+def _split_for(classifier: Classifier, split: str | Split, dataset: Any,
+               data_dir: str | Path | None) -> tuple[Split, str]:
+    """The images and labels to evaluate on, and the split's name for the report."""
+    if isinstance(split, Split):
+        return split, "given"
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if dataset is not None:
+        return getattr(dataset, split), split
+    return load_split(classifier.config, split, str(data_dir) if data_dir else None), split
 
-    classifier = load_classifier(run, device)
-    return evaluate_classifier(classifier, load_split(classifier.config, split, data_dir), split)
+
+def _check_same_task(classifiers: Sequence[Classifier]) -> None:
+    """An ensemble's members predict the same classes and were trained on the same data."""
+    first = classifiers[0]
+    for c in classifiers[1:]:
+        if tuple(c.class_names) != tuple(first.class_names):
+            raise UsageError(f"{c.source} predicts classes {', '.join(c.class_names)}, but {first.source} "
+                             f"predicts {', '.join(first.class_names)}; an ensemble needs the same classes")
+        if not all(c.config.get(k) == first.config.get(k) for k in ("dataset", "validation_size")):
+            raise UsageError(f"{c.source} was trained on {c.config.get('dataset')} (validation size "
+                             f"{c.config.get('validation_size')}), {first.source} on {first.config.get('dataset')} "
+                             f"(validation size {first.config.get('validation_size')}); evaluate them separately")
+
+
+def classifier_log_probs(classifier: Classifier, images_u8: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """(N, C) float64 log-probabilities of one classifier; with `tta`, of its probabilities
+    averaged over len(TTA_SHIFTS) shifted views (that many forward passes)."""
+    views = tta_views(images_u8) if tta else [images_u8]
+    return ensemble_log_probs([torch.log_softmax(classifier.logits(v).double(), 1) for v in views])
 
 
 def write_report(evaluation: Evaluation, images_u8: torch.Tensor, out_dir: str | Path,
                  global_step: int = 0, tensorboard: bool = True) -> dict[str, str]:
     """<split>.json, <split>-confusion.png, <split>-mistakes.png in out_dir, and the figures as
     TensorBoard images in the same folder (its own writer: train/ and validation/ stay untouched)."""
-    from mnist_cnn.outputs import OutputDir
-    from mnist_cnn.plots import plot_confusion, plot_mistakes
-    from mnist_cnn.runs import write_json
-
     out = OutputDir(out_dir)
     s = evaluation.split
     report, confusion_png, mistakes_png = out.claim([f"{s}.json", f"{s}-confusion.png", f"{s}-mistakes.png"])
@@ -155,10 +213,7 @@ def write_report(evaluation: Evaluation, images_u8: torch.Tensor, out_dir: str |
         writer.add_scalar(f"{s}/accuracy", evaluation.accuracy, global_step)
         writer.close()
         files["tensorboard"] = str(out.path)
-    import matplotlib.pyplot as plt
-
-    plt.close(confusion_fig)
-    plt.close(mistakes_fig)
+    close_figures(confusion_fig, mistakes_fig)
     evaluation.files = files
     write_json(report, evaluation.to_dict())
     return files
@@ -180,4 +235,15 @@ def format_report(e: Evaluation) -> str:
     if e.most_confused:
         lines += ["", "Most confused (true -> predicted: images)"]
         lines += [f"  {p.true} -> {p.predicted}: {p.count}" for p in e.most_confused[:5]]
+    return "\n".join(lines)
+
+
+def format_members(e: Evaluation) -> str:
+    """One line per member and one for the ensemble, for the console."""
+    views = f", each averaged over {len(TTA_SHIFTS)} shifted views" if e.tta else ""
+    lines = [f"Ensemble of {len(e.members)} (average of probabilities{views}):"]
+    width = max(len(m.source) for m in e.members)
+    for m in e.members:
+        lines.append(f"  {m.source:<{width}}  accuracy {m.accuracy:.4f}  loss {m.loss:.4f}")
+    lines.append(f"  {'ensemble':<{width}}  accuracy {e.accuracy:.4f}  loss {e.loss:.4f}")
     return "\n".join(lines)

@@ -24,7 +24,9 @@ from torch import nn
 
 from mnist_cnn.errors import MnistCnnError, UsageError
 from mnist_cnn.fileio import atomic_write_bytes
-from mnist_cnn.inference import META_CLASS_NAMES, META_CONFIG, META_INPUT, META_VERSION, to_input
+from mnist_cnn.inference import META_CLASS_NAMES, META_CONFIG, META_INPUT, META_VERSION, load_classifier, to_input
+from mnist_cnn.runs import CHECKPOINT, load_split
+from mnist_cnn.version import __version__
 
 OPSET = 17                   # supported by every onnxruntime since 1.11
 LOGIT_TOLERANCE = 1e-3       # max |logit difference| accepted; float32 rounding gives ~1e-5
@@ -50,8 +52,6 @@ class ExportReport:
 
 def default_onnx_path(run: str | Path) -> Path:
     """RUN/model.onnx for a run directory or its checkpoint.pt; X.onnx beside any other X.pt."""
-    from mnist_cnn.runs import CHECKPOINT
-
     path = Path(run)
     if path.is_dir():
         return path / "model.onnx"
@@ -124,16 +124,12 @@ def _source(run_or_model: str | Path | nn.Module, class_names: Sequence[str] | N
     if isinstance(run_or_model, nn.Module):
         model, config = run_or_model, dict(config or {})
     else:
-        from mnist_cnn.inference import load_classifier
-
         classifier = load_classifier(run_or_model, "cpu")
         if classifier.model is None:
             raise UsageError(f"{run_or_model} is already an ONNX file")
         model, config, global_step = classifier.model, classifier.config, classifier.global_step
         class_names = classifier.class_names
         if check_images is None:
-            from mnist_cnn.evaluate import load_split
-
             test = load_split(config, "test", data_dir)
             check_images, check_labels = test.images, test.labels
             check_data = f"{config.get('dataset', '?')} test split"
@@ -154,9 +150,7 @@ def _source(run_or_model: str | Path | nn.Module, class_names: Sequence[str] | N
 
 def _onnx_bytes(src: _Source, path: Path, opset: int) -> bytes:
     """The exported graph with mnist-cnn's metadata, checked by onnx's checker."""
-    import onnx
-
-    from mnist_cnn import __version__
+    import onnx  # the `export` extra: imported when used
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

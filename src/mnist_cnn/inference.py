@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.errors import CheckpointError, UsageError, escape_controls
+from mnist_cnn.models import create_model, load_model_state, saved_shape
+from mnist_cnn.runs import CHECKPOINT, read_run_info
 
 PIXEL_SCALE = 255.0  # uint8 pixel -> [0, 1]: the lesson's input scaling, here and nowhere else
 
@@ -57,7 +60,7 @@ def predict_logits(model: nn.Module, images_u8: torch.Tensor, batch_size: int = 
     return torch.cat(out)
 
 
-def evaluate_split(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+def loss_and_accuracy(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
                    channels_last: bool = True) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of `model` over a whole split of uint8 images."""
     logits = predict_logits(model, images_u8, batch_size, channels_last)
@@ -122,9 +125,6 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     path = Path(path)
     if is_onnx(path):
         return _load_onnx(path)
-    from mnist_cnn.checkpoint import load_checkpoint, read_run_info
-    from mnist_cnn.runs import CHECKPOINT
-
     if path.is_dir():
         checkpoint = path / CHECKPOINT
         if not checkpoint.is_file():
@@ -146,9 +146,6 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
 
 
 def _build_model(state: dict[str, Any], source: Path) -> nn.Module:
-    from mnist_cnn.checkpoint import load_model_state
-    from mnist_cnn.models import create_model, saved_shape
-
     if "model" not in state["config"]:
         raise CheckpointError(f"{source} names no model in its config; it cannot be rebuilt")
     try:
@@ -232,3 +229,13 @@ def _dims(shape: list[Any]) -> str:
 def _preview(text: str) -> str:
     text = escape_controls(text)
     return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def load_run(model: Any, device: str = "cpu") -> Classifier:
+    """A Classifier from what a user holds: a loaded Classifier (as it is), `train`'s result (its
+    run directory), or a path `load_classifier` takes (a run directory, a .pt, an .onnx file)."""
+    if isinstance(model, Classifier):
+        return model
+    if hasattr(model, "run_dir") and hasattr(model, "history"):  # train's TrainResult
+        model = model.run_dir
+    return load_classifier(model, device)

@@ -19,9 +19,15 @@ from typing import Any, Callable
 
 import torch
 
-from mnist_cnn.checkpoint import atomic_write_bytes
-from mnist_cnn.config import TrainConfig
+from mnist_cnn.augment import augment
+from mnist_cnn.config import LrFindSettings, TrainConfig
+from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
 from mnist_cnn.errors import UsageError
+from mnist_cnn.fileio import atomic_write_bytes
+from mnist_cnn.inference import select_device, to_input
+from mnist_cnn.models import create_model
+from mnist_cnn.train import train_step
+from mnist_cnn.trainstate import make_optimizer, seed_everything
 
 SMOOTHING = 0.98     # EMA factor of the loss per step (~50-step memory)
 DIVERGED = 4.0       # stop when the smoothed loss exceeds this multiple of its best
@@ -40,13 +46,10 @@ class LrFindResult:
     png_path: Path | None = None
 
 
-def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: float = 10.0,
-            steps: int = 200, out_dir: str | Path | None = "lr-find") -> LrFindResult:
+def lr_find(config: TrainConfig, dataset: Any = None, start: float = LrFindSettings.start,
+            end: float = LrFindSettings.end, steps: int = LrFindSettings.steps,
+            out_dir: str | Path | None = LrFindSettings.out_dir) -> LrFindResult:
     """Sweep the learning rate over `steps` optimizer steps; write CSV + PNG into `out_dir`."""
-    from mnist_cnn.augment import augment
-    from mnist_cnn.models import create_model
-    from mnist_cnn.train import make_optimizer, seed_everything, select_device, to_input, train_step
-
     if not (0 < start < end) or not math.isfinite(end):
         raise UsageError(f"--start and --end must satisfy 0 < start < end, not {start:g} .. {end:g}")
     if steps < SKIP_START + 5:
@@ -55,9 +58,7 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: 
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     if dataset is None:
-        from mnist_cnn.data import load_dataset
-
-        dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
+        dataset = data.load_dataset(config.dataset, config.data_dir, config.validation_size)
     device = select_device(config.device)
     images, labels = dataset.train.images, dataset.train.labels
     if config.train_subset:

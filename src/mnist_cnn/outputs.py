@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from mnist_cnn.errors import UsageError
+from mnist_cnn.fileio import atomic_write_bytes
 
 MANIFEST = ".mnist-cnn-outputs.json"
 
@@ -43,8 +44,6 @@ class OutputDir:
         return [self.path / n for n in names]
 
     def _record(self, names: Iterable[str]) -> None:
-        from mnist_cnn.fileio import atomic_write_bytes
-
         self.owned.update(names)
         atomic_write_bytes(self.path / MANIFEST, json.dumps(sorted(self.owned), indent=1).encode())
 
@@ -60,7 +59,7 @@ class OutputDir:
         """A SummaryWriter in this folder whose event file (name ending in `suffix`) is recorded as
         ours; `replace` first drops our earlier event files with that suffix (else TensorBoard shows
         old and new side by side)."""
-        from torch.utils.tensorboard import SummaryWriter  # ~1 s import
+        from torch.utils.tensorboard import SummaryWriter  # ~1 s import: only when figures go to TensorBoard
 
         if replace:
             self.clear_event_files(suffix)

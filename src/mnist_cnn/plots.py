@@ -17,7 +17,7 @@ if not os.environ.get("MPLBACKEND"):
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from mnist_cnn.runlog import EpochRecord  # noqa: E402
+from mnist_cnn.runs import EpochRecord  # noqa: E402
 
 
 def _finish(fig, path: Path | None, close: bool = True):
@@ -28,6 +28,12 @@ def _finish(fig, path: Path | None, close: bool = True):
     if close:
         plt.close(fig)
     return fig
+
+
+def close_figures(*figures) -> None:
+    """Free figures a caller kept open (e.g. to log them to TensorBoard first)."""
+    for fig in figures:
+        plt.close(fig)
 
 
 def plot_curves(history: Sequence[EpochRecord], path: Path | None = None):

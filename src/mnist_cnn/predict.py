@@ -1,17 +1,28 @@
-"""Classifying people's own image files with a trained run (or an exported .onnx).
+"""Classifying images with a trained run (or an exported .onnx): one `Prediction` per image.
 
-Each file goes through `preprocess` (MNIST's own recipe), the good ones are classified in one
-batch, and each bad one becomes a per-file error so the rest still get an answer.
+`classify` takes images in memory (arrays, tensors, PIL images, paths) and returns `Predictions`,
+one `Prediction` per image; `predict_images` takes people's files: each goes through `preprocess`
+(MNIST's own recipe), the good ones are classified in one batch, and each bad one becomes a
+per-file error so the rest still get an answer.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Union
 
+import numpy as np
 import torch
+from PIL import Image
 
+from mnist_cnn.data.arrays import as_images_u8
 from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.inference import load_run
+from mnist_cnn.outputs import OutputDir
+from mnist_cnn.preprocess import preprocess
+
+# What `classify` and `to_mnist` accept as one image.
+ImageLike = Union[str, Path, bytes, np.ndarray, torch.Tensor, "Image.Image"]
 
 # What a directory argument expands to (files given by name are always tried, whatever their suffix).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -19,15 +30,58 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".
 
 @dataclass
 class Prediction:
+    """One image's answer, the one prediction type: `Predictions[i]` (classify) and each file's
+    result (predict) hold one."""
+
+    probabilities: list[float] = field(metadata={"description": "one per class, summing to 1"})
+    class_names: list[str] = field(metadata={"description": "the classes' names, in the model's output order"})
+    inverted: bool = field(default=False, metadata={
+        "description": "true when the input had dark ink on a light background (it was inverted)"})
+
+    @property
+    def label(self) -> int:
+        """The index of the most probable class."""
+        return max(range(len(self.probabilities)), key=self.probabilities.__getitem__)
+
+    @property
+    def name(self) -> str:
+        """The most probable class's name."""
+        return self.class_names[self.label]
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The k most probable classes as (name, probability), best first."""
+        order = sorted(range(len(self.probabilities)), key=lambda i: -self.probabilities[i])[:k]
+        return [(self.class_names[i], self.probabilities[i]) for i in order]
+
+
+@dataclass
+class FilePrediction:
+    """What `predict_images` says about one input file: its Prediction, or why there is none."""
+
     path: str
-    top: list[dict[str, Any]] = field(default_factory=list)  # [{"class": name, "probability": p}], best first
-    inverted: bool = False          # the file had dark ink on a light background
+    prediction: Prediction | None = None
+    top_k: int = 3
     preprocessed: str | None = None  # where the 28x28 view was saved, if asked
-    error: str | None = None        # why this file could not be classified
+    error: str | None = None         # why this file could not be classified
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def inverted(self) -> bool:
+        return self.prediction is not None and self.prediction.inverted
+
+    @property
+    def top(self) -> list[dict[str, Any]]:
+        """[{"class": name, "probability": p}], best first (the JSON form)."""
+        return [] if self.prediction is None else [{"class": n, "probability": p} for n, p in self.prediction.top(self.top_k)]
+
+
+def prediction_fields() -> dict[str, tuple[Any, Any]]:
+    """Prediction's fields as (type, description): what serve's response model is built from."""
+    kinds = {"probabilities": list[float], "class_names": list[str], "inverted": bool}
+    return {f.name: (kinds[f.name], f.metadata["description"]) for f in fields(Prediction)}
 
 
 def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
@@ -45,18 +99,16 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 def predict_images(classifier, paths: Iterable[str | Path], top_k: int = 3,
                    save_preprocessed: str | Path | None = None) -> list[Prediction]:
-    """One Prediction per input file (directories expanded), in order; failures carry `error`."""
-    from mnist_cnn.preprocess import preprocess
-
+    """One FilePrediction per input file (directories expanded), in order; failures carry `error`."""
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, not {top_k}")
     top_k = min(top_k, len(classifier.class_names))
     files = expand_inputs(paths)
     if not files:
         raise UsageError("no image files given")
-    results, images, good = [], [], []
+    results, images, inverted, good = [], [], [], []
     for path in files:
-        result = Prediction(str(path))
+        result = FilePrediction(str(path), top_k=top_k)
         results.append(result)
         if path.is_dir():
             result.error = f"{path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -66,15 +118,13 @@ def predict_images(classifier, paths: Iterable[str | Path], top_k: int = 3,
         except MnistCnnError as e:
             result.error = str(e)
             continue
-        result.inverted = pre.inverted
         images.append(pre.image)
+        inverted.append(pre.inverted)
         good.append(result)
     if images:
         batch = torch.stack(images)  # (N, 1, 28, 28) uint8
-        probabilities = torch.softmax(classifier.logits(batch).double(), 1)
-        values, indices = probabilities.topk(top_k, 1)
-        for result, v, i in zip(good, values.tolist(), indices.tolist()):
-            result.top = [{"class": classifier.class_names[k], "probability": p} for k, p in zip(i, v)]
+        for result, prediction in zip(good, classify(classifier, batch).with_inverted(inverted)):
+            result.prediction = prediction
         if save_preprocessed is not None:
             for result, path in zip(good, _save_views(batch, [Path(r.path) for r in good], save_preprocessed)):
                 result.preprocessed = str(path)
@@ -83,10 +133,6 @@ def predict_images(classifier, paths: Iterable[str | Path], top_k: int = 3,
 
 def _save_views(batch: torch.Tensor, sources: list[Path], out_dir: str | Path) -> list[Path]:
     """Each 28x28 view as <stem>.png (a counter added on name clashes), never over a file of the user's."""
-    from PIL import Image
-
-    from mnist_cnn.outputs import OutputDir
-
     names: list[str] = []
     for src in sources:
         name, n = f"{src.stem}.png", 1
@@ -100,10 +146,86 @@ def _save_views(batch: torch.Tensor, sources: list[Path], out_dir: str | Path) -
     return paths
 
 
-def format_prediction(p: Prediction) -> str:
+def format_prediction(p: FilePrediction) -> str:
     best = "  ".join(f"{t['class']} {t['probability']:.1%}" for t in p.top)
     return f"{p.path}: {best}" + ("  (inverted: dark ink on light)" if p.inverted else "")
 
 
-def predictions_json(predictions: list[Prediction]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in asdict(p).items() if v is not None} for p in predictions]
+def predictions_json(predictions: list[FilePrediction]) -> list[dict[str, Any]]:
+    rows = [{"path": p.path, "top": p.top, "inverted": p.inverted, "preprocessed": p.preprocessed, "error": p.error}
+            for p in predictions]
+    return [{k: v for k, v in row.items() if v is not None} for row in rows]
+
+
+def to_mnist(image: ImageLike) -> torch.Tensor:
+    """One image as the network sees it: (1, 28, 28) uint8, white ink on black, MNIST-style.
+    A 28x28 array or tensor is taken as it is; anything else goes through `preprocess`
+    (examples: mnist_cnn.to_mnist)."""
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        a = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if a.shape[-2:] == (28, 28) and a.size == 28 * 28:
+            return as_images_u8(a.reshape(1, 28, 28))[0]
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+            raise UsageError(f"one image at a time: (H, W) grey or (H, W, 3|4) colour, not shape {a.shape}")
+        scaled = a.astype(np.float64) / (1.0 if np.issubdtype(a.dtype, np.floating) else 255.0)
+        image = Image.fromarray((np.clip(scaled, 0, 1) * 255).round().astype(np.uint8))  # mode L, RGB or RGBA
+    if isinstance(image, str):
+        image = Path(image)
+    return preprocess(image).image
+
+
+@dataclass
+class Predictions:
+    """What `classify` returns for N images."""
+
+    images: torch.Tensor         # (N, 1, 28, 28) uint8: what the network saw
+    probabilities: torch.Tensor  # (N, classes) float64, softmax of the logits
+    class_names: tuple[str, ...]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(N,) int64: the most probable class of each image."""
+        return self.probabilities.argmax(1)
+
+    @property
+    def names(self) -> list[str]:
+        """The most probable class of each image, by name."""
+        return [self.class_names[k] for k in self.labels.tolist()]
+
+    def top(self, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each image, its k most probable classes as (name, probability), best first."""
+        values, indices = self.probabilities.topk(min(k, self.probabilities.shape[1]), 1)
+        return [[(self.class_names[i], p) for i, p in zip(row_i, row_p)]
+                for row_i, row_p in zip(indices.tolist(), values.tolist())]
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, i: int) -> Prediction:
+        return Prediction(self.probabilities[i].tolist(), list(self.class_names))
+
+    def with_inverted(self, inverted: list[bool]) -> list[Prediction]:
+        """One Prediction per image, each marked with whether its input was inverted."""
+        return [Prediction(p.tolist(), list(self.class_names), inv) for p, inv in zip(self.probabilities, inverted)]
+
+
+def classify(model: Any, images: Any, batch_size: int = 1000) -> Predictions:
+    """Predictions for images with a trained network (anything `load_run` takes): a batch
+    (N, 28, 28) / (N, 1, 28, 28), or one image or a list of images `to_mnist` takes
+    (examples: mnist_cnn.classify)."""
+    classifier = load_run(model)
+    batch = _as_batch(images)
+    with torch.inference_mode():
+        logits = classifier.logits(batch, batch_size=batch_size)
+    return Predictions(batch, torch.softmax(logits.double(), 1), classifier.class_names)
+
+
+def _as_batch(images: Any) -> torch.Tensor:
+    """Anything `classify` takes -> (N, 1, 28, 28) uint8."""
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim >= 3 and tuple(images.shape[-2:]) == (28, 28):
+        return as_images_u8(images)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise UsageError("no images given")
+        return torch.stack([to_mnist(image) for image in images])
+    return to_mnist(images)[None]

@@ -1,50 +1,29 @@
-"""Everything a training run reports, written in one place: console, TensorBoard and CSV.
+"""Everything a training run writes into its directory, in one place: run.json's status and the
+lock (`TrainingRun`), console, TensorBoard and CSV (`RunLogger`), and the closing figures.
 
-The training loop hands this module numbers; it never prints or writes logs itself.
+The training loop hands this module numbers; it never prints or writes logs itself. The files'
+names and types are runs.py's.
 Console lines copy the lesson's; TensorBoard gets the lesson's two writers, `train/` (per batch)
 and `validation/` (per epoch), with tags `loss` and `accuracy` on one global-step axis.
 """
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from mnist_cnn.fileio import atomic_write_bytes
-
-
-@dataclass
-class EpochRecord:
-    epoch: int                   # 1-based
-    seconds: float               # wall time of the epoch, training + validation
-    lr: float                    # learning rate at the epoch's last step
-    train_loss: float            # mean over the epoch's batches
-    train_accuracy: float        # mean over the epoch's batches, as the lesson computed it
-    validation_loss: float
-    validation_accuracy: float   # over the whole validation set
-
-
-def write_metrics_csv(path: Path, history: Sequence[EpochRecord]) -> None:
-    """Rewrite metrics.csv from the full history (atomic, so resume never duplicates rows)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([f.name for f in fields(EpochRecord)])
-    for record in history:
-        writer.writerow(asdict(record).values())
-    atomic_write_bytes(path, out.getvalue().encode())
-
-
-def read_metrics_csv(path: Path) -> list[EpochRecord]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [EpochRecord(int(r["epoch"]), *(float(r[f.name]) for f in fields(EpochRecord)[1:])) for r in rows]
+from mnist_cnn.checkpoint import CheckpointWriteError, remove_stale_temp_files, save_checkpoint
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.fileio import write_json
+from mnist_cnn.plots import plot_curves, plot_samples
+from mnist_cnn.runs import CHECKPOINT, EpochRecord, lock_run, now_iso, write_metrics_csv
 
 
 class NullBar:
@@ -58,12 +37,36 @@ class NullBar:
 
 
 class NullLogger:
-    """Stands in for RunLogger on torchrun ranks other than 0: accepts every call, writes nothing."""
+    """Stands in for RunLogger where nothing is written (torchrun ranks other than 0, the bench):
+    RunLogger's methods, each doing nothing. A misspelt call fails here as it would there."""
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name == "epoch_bar":
-            return lambda *args, **kwargs: NullBar()
-        return lambda *args, **kwargs: None
+    def dataset_sizes(self, train: int, test: int, validation: int) -> None:
+        pass
+
+    def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        pass
+
+    def epoch_bar(self, epoch: int, total_steps: int, done: int = 0) -> NullBar:
+        return NullBar()
+
+    def train_steps(self, first_step: int, losses: torch.Tensor, accuracies: torch.Tensor,
+                    walltimes: Sequence[float]) -> None:
+        pass
+
+    def epoch_end(self, record: EpochRecord, global_step: int, history: Sequence[EpochRecord]) -> None:
+        pass
+
+    def histograms(self, model: torch.nn.Module, global_step: int) -> None:
+        pass
+
+    def hparams(self, config: dict[str, Any], history: Sequence[EpochRecord]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _wait_until_newer_than_event_files(run_dir: Path) -> None:
@@ -83,7 +86,8 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, purge_step: int | None = None,
                  print_fn: Callable[[str], None] = print, progress: bool | None = None) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # ~1 s import; only training needs it
+        # ~1 s import, at first use: `import mnist_cnn.runlog` stays cheap for the CLI's --help.
+        from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         self.print = print_fn
@@ -104,8 +108,6 @@ class RunLogger:
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         """The model graph, as the lesson's `writer.add_graph(sess.graph)`."""
-        import warnings
-
         try:
             with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns it is deprecated
                 warnings.simplefilter("ignore")
@@ -116,8 +118,6 @@ class RunLogger:
     def epoch_bar(self, epoch: int, total_steps: int, done: int = 0):
         if not self.progress:
             return NullBar()
-        from tqdm import tqdm
-
         return tqdm(total=total_steps, initial=done, desc=f"Epoch {epoch}", unit="step", leave=False, file=sys.stderr)
 
     def train_steps(self, first_step: int, losses: torch.Tensor, accuracies: torch.Tensor,
@@ -165,7 +165,7 @@ class RunLogger:
         Written once, when the run completes, by a writer in the run directory itself, so the
         dashboard lists each run under its own name next to the others in the log directory.
         """
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # ~1 s import, at first use (see __init__)
         from torch.utils.tensorboard.summary import hparams
 
         if not history:
@@ -201,8 +201,6 @@ def closing_report(run_dir: Path, history: Sequence[EpochRecord], samples: tuple
 
     samples: (images (N, C, 28, 28) uint8, true labels (N,), predicted labels (N,)) of validation images.
     """
-    from mnist_cnn.plots import plot_curves, plot_samples
-
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_curves(history, plots / "curves.png")
@@ -211,3 +209,79 @@ def closing_report(run_dir: Path, history: Sequence[EpochRecord], samples: tuple
     print_fn(f"Best validation accuracy {best.validation_accuracy:.4f} at epoch {best.epoch}. "
              f"Run saved in {run_dir} (view with: tensorboard --logdir {run_dir.parent})")
     print_fn(f"Plots: {plots / 'curves.png'}, {plots / 'samples.png'}; test accuracy: mnist-cnn evaluate {run_dir}")
+
+
+class TrainingRun:
+    """One training process's hold on its run directory: the lock, run.json's status, and the
+    files only the main process writes. With `writes=False` (torchrun ranks other than 0)
+    every write is skipped, so the loop calls these the same way on every rank."""
+
+    def __init__(self, run_dir: Path, writes: bool, resumed_from_step: int | None) -> None:
+        self.dir = Path(run_dir)
+        self.writes = writes
+        self.info: dict[str, Any] = {"status": "running", "started": now_iso(), "resumed_from_step": resumed_from_step}
+        self._lock: IO[str] | None = None
+
+    def claim(self) -> None:
+        """Lock the run (a second training process is refused here) and mark it running."""
+        if not self.writes:
+            return
+        self._lock = lock_run(self.dir)
+        if self.info["resumed_from_step"] is not None:
+            remove_stale_temp_files(self.dir)  # left by writes a kill -9 cut short; nobody else writes here now
+        write_json(self.dir / "run.json", self.info)
+
+    def write_json(self, name: str, value: Any) -> None:
+        if self.writes:
+            write_json(self.dir / name, value)
+
+    def save_checkpoint(self, state_dict: Callable[[], dict[str, Any]]) -> None:
+        """Save `state_dict()` as the run's checkpoint (called only where this process writes)."""
+        if self.writes:
+            save_checkpoint(self.dir / CHECKPOINT, state_dict())
+
+    def set_status(self, status: str, best_effort: bool = False) -> None:
+        """run.json's status; `best_effort`: a status that cannot be written (full disk) must not
+        hide the error being reported."""
+        stamp = "finished" if status in ("complete", "stopped") else "stopped"
+        try:
+            self.write_json("run.json", {**self.info, "status": status, stamp: now_iso()})
+        except OSError:
+            if not best_effort:
+                raise
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+@contextmanager
+def training_run(run_dir: Path, writes: bool, resumed_from_step: int | None,
+                 barrier: Callable[[], None] = lambda: None) -> Iterator[TrainingRun]:
+    """Hold `run_dir` for one training call; on the way out of an error, record why in run.json.
+
+    An exception with a `run_status` attribute (an interrupt: "interrupted") sets that status,
+    any other sets "failed"; file-system errors become one line naming what could not be written.
+    `barrier` lets every torchrun rank wait for rank 0 to finish writing before they all exit.
+    """
+    run = TrainingRun(run_dir, writes, resumed_from_step)
+    run.claim()
+    try:
+        yield run
+    except BaseException as e:
+        run.set_status(getattr(e, "run_status", "failed"), best_effort=True)
+        if getattr(e, "run_status", None):
+            barrier()
+        if isinstance(e, (OSError, CheckpointWriteError)):  # full disk, lost mount, read-only directory...
+            raise MnistCnnError(_write_failure(e, run_dir)) from e
+        raise
+    finally:
+        run.release()
+
+
+def _write_failure(e: OSError | CheckpointWriteError, run_dir: Path) -> str:
+    reason = str(e) if isinstance(e, CheckpointWriteError) else f"cannot write {e.filename or run_dir}: {e.strerror or e}"
+    if (run_dir / CHECKPOINT).is_file():
+        reason += f". Once that is fixed, resume with: mnist-cnn train --resume {run_dir}"
+    return reason

@@ -1,33 +1,109 @@
-"""Run directories: where a training run keeps everything, and how other commands find it.
+"""The run directory on disk: the one module that knows a run's files and reads them back.
 
     runs/<name>/
         run.json            status (running / interrupted / stopped / failed / complete), times
         config.json         the resolved TrainConfig
         environment.json    versions, device, threads, seed
-        checkpoint.pt       latest full training state (see checkpoint.py)
-        metrics.csv         one row per epoch
+        checkpoint.pt       latest full training state (the layout: trainstate.CHECKPOINT_SCHEMA)
+        metrics.csv         one EpochRecord per row
         train/ validation/  TensorBoard event files (the lesson's two writers)
         plots/              PNG curves and sample classifications
+
+Training writes these through runlog.py (TrainingRun, RunLogger) and checkpoint.py; every other
+command reads them through the names here.
 """
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import os
 import platform
 import shutil
 import sys
-from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Sequence
 
+import numpy
 import torch
 
-from mnist_cnn.checkpoint import CheckpointWriteError, read_run_info, remove_stale_temp_files, save_checkpoint
+from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
+from mnist_cnn.data import Split
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
-from mnist_cnn.fileio import read_json, write_json  # noqa: F401  (re-exported: callers import them from here)
+from mnist_cnn.fileio import atomic_write_bytes, read_json
+from mnist_cnn.version import __version__
 
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"  # held (flock) by the one process training the run; the OS drops it when that process dies
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of a run's history: a row of metrics.csv and an entry of the checkpoint's "history"."""
+
+    epoch: int                   # 1-based
+    seconds: float               # wall time of the epoch, training + validation
+    lr: float                    # learning rate at the epoch's last step
+    train_loss: float            # mean over the epoch's batches
+    train_accuracy: float        # mean over the epoch's batches, as the lesson computed it
+    validation_loss: float
+    validation_accuracy: float   # over the whole validation set
+
+
+def write_metrics_csv(path: Path, history: Sequence[EpochRecord]) -> None:
+    """Rewrite metrics.csv from the full history (atomic, so resume never duplicates rows)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([f.name for f in fields(EpochRecord)])
+    for record in history:
+        writer.writerow(asdict(record).values())
+    atomic_write_bytes(path, out.getvalue().encode())
+
+
+def read_metrics_csv(path: Path) -> list[EpochRecord]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [EpochRecord(int(r["epoch"]), *(float(r[f.name]) for f in fields(EpochRecord)[1:])) for r in rows]
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """run.json of `run_dir`, checked: a JSON object whose "status" is a string. A run without one
+    (an older layout, a copied checkpoint) reads as {"status": "unknown"}; a malformed one is
+    one CheckpointError line."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return {"status": "unknown"}
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path} is not an mnist-cnn run.json: it holds {describe_value(info)}, not a JSON object")
+    if not isinstance(info.get("status"), str):
+        raise CheckpointError(f"{path} is not an mnist-cnn run.json: field 'status' is "
+                              f"{describe_value(info.get('status')) if 'status' in info else 'missing'} (must be a string)")
+    return info
+
+
+def describe_value(value: Any) -> str:
+    """A short description of a value read from a file, for a one-line error."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (dict, list, tuple)):
+        return f"a {type(value).__name__} of {len(value)} item{'s' if len(value) != 1 else ''}"
+    text = repr(value).replace("\n", " ")
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
+
+
+def load_split(config: dict[str, Any], split: str, data_dir: str | None = None) -> Split:
+    """The `split` of the data set a run was trained on (its saved `config`), with its validation size."""
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if "dataset" not in config:
+        raise UsageError("the model carries no training config, so its data set is unknown")
+    dataset = data.load_dataset(config["dataset"], data_dir or config.get("data_dir"), config.get("validation_size", 5000),
+                           progress=False)
+    return getattr(dataset, split)
+
 
 
 def now_iso() -> str:
@@ -160,10 +236,6 @@ def resolve_run(path: str | Path) -> Path:
 
 
 def environment_info(device: torch.device, seed: int) -> dict[str, Any]:
-    import numpy
-
-    from mnist_cnn import __version__
-
     info: dict[str, Any] = {
         "mnist_cnn": __version__,
         "python": sys.version.split()[0],
@@ -180,79 +252,3 @@ def environment_info(device: torch.device, seed: int) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
-
-
-class TrainingRun:
-    """One training process's hold on its run directory: the lock, run.json's status, and the
-    files only the main process writes. With `writes=False` (torchrun ranks other than 0)
-    every write is skipped, so the loop calls these the same way on every rank."""
-
-    def __init__(self, run_dir: Path, writes: bool, resumed_from_step: int | None) -> None:
-        self.dir = Path(run_dir)
-        self.writes = writes
-        self.info: dict[str, Any] = {"status": "running", "started": now_iso(), "resumed_from_step": resumed_from_step}
-        self._lock: IO[str] | None = None
-
-    def claim(self) -> None:
-        """Lock the run (a second training process is refused here) and mark it running."""
-        if not self.writes:
-            return
-        self._lock = lock_run(self.dir)
-        if self.info["resumed_from_step"] is not None:
-            remove_stale_temp_files(self.dir)  # left by writes a kill -9 cut short; nobody else writes here now
-        write_json(self.dir / "run.json", self.info)
-
-    def write_json(self, name: str, value: Any) -> None:
-        if self.writes:
-            write_json(self.dir / name, value)
-
-    def save_checkpoint(self, state_dict: Callable[[], dict[str, Any]]) -> None:
-        """Save `state_dict()` as the run's checkpoint (called only where this process writes)."""
-        if self.writes:
-            save_checkpoint(self.dir / CHECKPOINT, state_dict())
-
-    def set_status(self, status: str, best_effort: bool = False) -> None:
-        """run.json's status; `best_effort`: a status that cannot be written (full disk) must not
-        hide the error being reported."""
-        stamp = "finished" if status in ("complete", "stopped") else "stopped"
-        try:
-            self.write_json("run.json", {**self.info, "status": status, stamp: now_iso()})
-        except OSError:
-            if not best_effort:
-                raise
-
-    def release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-
-@contextmanager
-def training_run(run_dir: Path, writes: bool, resumed_from_step: int | None,
-                 barrier: Callable[[], None] = lambda: None) -> Iterator[TrainingRun]:
-    """Hold `run_dir` for one training call; on the way out of an error, record why in run.json.
-
-    An exception with a `run_status` attribute (an interrupt: "interrupted") sets that status,
-    any other sets "failed"; file-system errors become one line naming what could not be written.
-    `barrier` lets every torchrun rank wait for rank 0 to finish writing before they all exit.
-    """
-    run = TrainingRun(run_dir, writes, resumed_from_step)
-    run.claim()
-    try:
-        yield run
-    except BaseException as e:
-        run.set_status(getattr(e, "run_status", "failed"), best_effort=True)
-        if getattr(e, "run_status", None):
-            barrier()
-        if isinstance(e, (OSError, CheckpointWriteError)):  # full disk, lost mount, read-only directory...
-            raise MnistCnnError(_write_failure(e, run_dir)) from e
-        raise
-    finally:
-        run.release()
-
-
-def _write_failure(e: OSError | CheckpointWriteError, run_dir: Path) -> str:
-    reason = str(e) if isinstance(e, CheckpointWriteError) else f"cannot write {e.filename or run_dir}: {e.strerror or e}"
-    if (run_dir / CHECKPOINT).is_file():
-        reason += f". Once that is fixed, resume with: mnist-cnn train --resume {run_dir}"
-    return reason

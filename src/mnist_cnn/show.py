@@ -1,5 +1,6 @@
-"""What the convolution layers learned: their filters, and every conv/pool/ReLU layer's feature
-maps for one image (the lesson's Figs 1-4, on the real network).
+"""What the layers of a network do: their output shapes and sizes (`layer_table`, the lesson's
+Fig. 7), what the convolution layers learned (`plot_filters`), and every conv/pool/ReLU layer's
+feature maps for one image (the lesson's Figs 1-4, on the real network).
 
 Feature maps are caught with forward hooks by module name, so any registered model works: the
 seed net shows conv1 pool1 relu1 conv2 pool2 relu2; another model shows whichever conv, pool and
@@ -7,13 +8,21 @@ ReLU modules it has (those with 2-D maps; the classifier head's ReLUs are skippe
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from mnist_cnn.errors import UsageError
+from mnist_cnn.inference import is_onnx, load_classifier, load_run, to_input
+from mnist_cnn.models import count_parameters, create_model
+from mnist_cnn.outputs import OutputDir
+from mnist_cnn.plots import close_figures
+from mnist_cnn.preprocess import preprocess
+from mnist_cnn.runs import load_split
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU)
@@ -31,30 +40,93 @@ class ShowResult:
     files: dict[str, str] = field(default_factory=dict)       # figure name -> PNG path
 
 
+@dataclass
+class Layer:
+    name: str                    # the module's name, e.g. "conv1"
+    kind: str                    # its class, e.g. "Conv2d"
+    output_shape: tuple[int, ...]  # for one 28x28 image, batch dimension dropped
+    parameters: int
+
+
 def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+@contextmanager
+def watching_outputs(model: nn.Module, wanted: Callable[[nn.Module], bool],
+                     record: Callable[[str, nn.Module, torch.Tensor], None]) -> Iterator[None]:
+    """Forward hooks on every named submodule that `wanted` accepts, calling record(name, module,
+    output) during each forward pass inside the `with`; removed on the way out."""
+    hooks = [module.register_forward_hook(lambda m, _inputs, output, name=name: record(name, m, output))
+             for name, module in model.named_modules() if name and wanted(module)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def feature_maps(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """({layer name: (C, H, W) output}, logits) for one input x (1, C, 28, 28), in forward order."""
     maps: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if name and isinstance(module, (nn.Conv2d, *POOLS, *ACTIVATIONS)):
-            def hook(_m, _inputs, output, name=name):
-                if output.dim() == 4:  # (1, C, H, W): a spatial map, not a classifier-head vector
-                    maps[name] = output[0].detach().float().cpu()
-            hooks.append(module.register_forward_hook(hook))
-    try:
+
+    def record(name: str, _module: nn.Module, output: torch.Tensor) -> None:
+        if output.dim() == 4:  # (1, C, H, W): a spatial map, not a classifier-head vector
+            maps[name] = output[0].detach().float().cpu()
+
+    with watching_outputs(model, lambda m: isinstance(m, (nn.Conv2d, *POOLS, *ACTIVATIONS)), record):
         with torch.inference_mode():
             logits = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
     return maps, logits[0].float().cpu()
 
 
-def plot_filters(name: str, conv: nn.Conv2d, path: Path | None = None):
+def layer_table(model: nn.Module | str, channels: int = 1) -> list[Layer]:
+    """Each layer's output shape and parameter count for one 28x28 image (the lesson's Fig. 7)."""
+    if isinstance(model, str):
+        model = create_model(model)
+    rows: list[Layer] = []
+
+    def record(name: str, module: nn.Module, output: torch.Tensor) -> None:
+        rows.append(Layer(name, type(module).__name__, tuple(output.shape[1:]), count_parameters(module)))
+
+    def is_leaf(module: nn.Module) -> bool:  # the layers themselves, not the blocks holding them
+        return not any(True for _ in module.children())
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with watching_outputs(model, is_leaf, record), torch.inference_mode():
+            model(torch.zeros(1, channels, 28, 28, device=device))
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def format_layer_table(rows: Sequence[Layer]) -> str:
+    """`layer_table` as aligned text, with the total parameter count."""
+    lines = [f"{'layer':<10}{'type':<11}{'output shape':<15}{'parameters':>13}"]
+    lines += [f"{r.name:<10}{r.kind:<11}{str(r.output_shape):<15}{r.parameters:>13,}" for r in rows]
+    lines.append(f"{'total':<36}{sum(r.parameters for r in rows):>13,}")
+    return "\n".join(lines)
+
+
+def plot_filters(model: Any, layer: str | None = None, path: str | Path | None = None):
+    """The kernels of a convolution layer of `model` (a module, or a run `load_run` takes), by
+    name (default: the first), blue negative, red positive; saved when given a path."""
+    module = model if isinstance(model, nn.Module) else load_run(model).model
+    if module is None:
+        raise UsageError("filters need the PyTorch network, not an exported .onnx file")
+    convs = dict(conv_layers(module))
+    if not convs:
+        raise UsageError("this network has no convolution layers")
+    name = layer or next(iter(convs))
+    if name not in convs:
+        raise UsageError(f"no convolution layer {name!r}; the network has: {', '.join(convs)}")
+    return plot_kernels(name, convs[name], None if path is None else Path(path))
+
+
+def plot_kernels(name: str, conv: nn.Conv2d, path: Path | None = None):
     """Grid of a conv layer's kernels: a row per output channel, a column per input channel,
     each on a shared colour scale (blue negative, red positive)."""
     import matplotlib.pyplot as plt
@@ -114,24 +186,15 @@ def show_run(run: str | Path, index: int | None = 0, image: str | Path | None = 
              data_dir: str | None = None, device: str = "cpu", tensorboard: bool = True) -> ShowResult:
     """Write filters-<layer>.png for each conv layer and <image>-<layer>.png for each feature-map
     layer of one image (test image `index`, or the file `image`), into out_dir (default RUN/show)."""
-    import matplotlib.pyplot as plt
-
-    from mnist_cnn.inference import is_onnx, load_classifier, to_input
-    from mnist_cnn.outputs import OutputDir
-
     if is_onnx(run):
         raise UsageError("show needs the PyTorch run (its layers), not an exported .onnx file")
     classifier = load_classifier(run, device)
     model = classifier.model
     true = None
     if image is not None:
-        from mnist_cnn.preprocess import preprocess
-
         pixels = preprocess(image).image  # (1, 28, 28) uint8
         source, stem = str(image), Path(image).stem
     else:
-        from mnist_cnn.evaluate import load_split
-
         test = load_split(classifier.config, "test", data_dir)
         if not 0 <= index < len(test.labels):
             raise UsageError(f"--index {index} is outside the test set (0..{len(test.labels) - 1})")
@@ -151,7 +214,7 @@ def show_run(run: str | Path, index: int | None = 0, image: str | Path | None = 
     figures: dict[str, object] = {}
     for n, conv in convs:
         path = next(paths)
-        figures[f"filters/{n}"] = plot_filters(n, conv, path)
+        figures[f"filters/{n}"] = plot_kernels(n, conv, path)
         result.files[f"filters/{n}"] = str(path)
     path = next(paths)
     figures[f"{stem}/input"] = plot_feature_maps("input", to_input(pixels, channels_last=False), path, caption)
@@ -166,6 +229,5 @@ def show_run(run: str | Path, index: int | None = 0, image: str | Path | None = 
             writer.add_figure(tag, fig, classifier.global_step, close=False)
         writer.close()
         result.files["tensorboard"] = str(out.path)
-    for fig in figures.values():
-        plt.close(fig)
+    close_figures(*figures.values())
     return result

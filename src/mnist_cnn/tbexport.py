@@ -13,6 +13,7 @@ from mnist_cnn.errors import UsageError
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[float, int, float]]]:
     """{tag: [(wall_time, step, value), ...]} from one writer's event files, TensorBoard's way."""
+    # At first use: TensorBoard's reader costs ~1 s to import, and `export-csv --help` needs none of it.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # size_guidance 0 = keep every event (TensorBoard's UI samples scalars down to 1,000).
@@ -22,14 +23,25 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[float, int, float]]]:
             for tag in accumulator.Tags()["scalars"]}
 
 
-def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write `run-<writer>-tag-<tag>.csv` for every writer and tag of a run; returns the paths."""
+def run_writers(run_dir: str | Path) -> list[Path]:
+    """The writer folders of a run (train/, validation/, ...): those holding event files."""
     run_dir = Path(run_dir)
     writers = sorted(p for p in run_dir.iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))) \
         if run_dir.is_dir() else []
     if not writers:
         raise UsageError(f"{run_dir} holds no TensorBoard event files (expected train/ and validation/)")
-    out = Path(out_dir) if out_dir else run_dir / "csv"
+    return writers
+
+
+def read_run_scalars(run_dir: str | Path) -> dict[str, dict[str, list[tuple[float, int, float]]]]:
+    """{writer: {tag: [(wall_time, step, value)]}} for every writer of a run."""
+    return {w.name: read_scalars(w) for w in run_writers(run_dir)}
+
+
+def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write `run-<writer>-tag-<tag>.csv` for every writer and tag of a run; returns the paths."""
+    writers = run_writers(run_dir)
+    out = Path(out_dir) if out_dir else Path(run_dir) / "csv"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # e.g. --out names an existing file

@@ -7,7 +7,7 @@ per epoch (a device-to-host copy is a sync point on a GPU). Everything the run c
 in one `TrainState` (trainstate.py); a checkpoint is its `state_dict()` after every epoch (and
 every `checkpoint_every` steps), so `resume` continues bit-exactly. What differs under torchrun
 sits behind `loop.strategy` (distributed.py); what is written to the run directory behind
-`loop.run` (runs.py) and `loop.logger` (runlog.py).
+`loop.run` and `loop.logger` (runlog.py).
 """
 from __future__ import annotations
 
@@ -26,16 +26,18 @@ from torch import nn
 from mnist_cnn import config as cfg
 from mnist_cnn import distributed
 from mnist_cnn.augment import augment
-from mnist_cnn.checkpoint import load_checkpoint, read_run_info
+from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.config import TrainConfig
-from mnist_cnn.distributed import SingleProcess
+from mnist_cnn import data as datasets  # datasets.load_dataset, looked up per call: tests swap it
+from mnist_cnn.data.load import check_request
+from mnist_cnn.distributed import SingleProcess, Strategy
 from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.fileio import write_json
 from mnist_cnn.inference import predict_logits, select_device, to_input
-from mnist_cnn.runlog import EpochRecord, NullBar, NullLogger, RunLogger, closing_report
-from mnist_cnn.runs import (CHECKPOINT, TrainingRun, create_run_dir, default_run_name,
-                            environment_info, resolve_run, training_run, write_json)
-from mnist_cnn.trainstate import (TrainState, make_optimizer, make_schedule, resumable_checkpoint,  # noqa: F401
-                                  seed_everything)
+from mnist_cnn.runlog import NullBar, NullLogger, RunLogger, TrainingRun, closing_report, training_run
+from mnist_cnn.runs import (CHECKPOINT, EpochRecord, create_run_dir, default_run_name, environment_info,
+                            read_run_info, resolve_run)
+from mnist_cnn.trainstate import TrainState, resumable_checkpoint, seed_everything
 
 
 class TrainingInterrupted(MnistCnnError):
@@ -72,15 +74,22 @@ class TrainData:
 
 
 @dataclass
+class StopRequest:
+    """Set by a SIGINT/SIGTERM handler (stop_on_signals); the loop checks it after each step."""
+
+    signal_name: str | None = None   # e.g. "SIGINT"; None while no stop was asked for
+
+
+@dataclass
 class Loop:
     """What the loop talks to besides its state."""
 
     data: TrainData
     step_model: nn.Module                     # the model, or its DDP / torch.compile wrapper
-    strategy: SingleProcess = field(default_factory=lambda: SingleProcess(torch.device("cpu")))
+    strategy: Strategy = field(default_factory=lambda: SingleProcess(torch.device("cpu")))
     run: TrainingRun | None = None            # None: nothing is saved (the bench)
-    logger: Any = field(default_factory=NullLogger)
-    signal: dict[str, Any] = field(default_factory=lambda: {"signal": None})  # set by stop_on_signals
+    logger: RunLogger | NullLogger = field(default_factory=NullLogger)
+    stop: StopRequest = field(default_factory=lambda: StopRequest())  # set by stop_on_signals
     stop_after_steps: int | None = None       # simulate an interruption after this global step (tests)
 
 
@@ -125,7 +134,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
     # writes the run directory and prints.
     strategy = distributed.make_strategy(_device(config))
     try:
-        print_fn = print_fn if strategy.is_main else _skip
+        print_fn = print_fn if strategy.is_main else _print_nothing
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
@@ -148,7 +157,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         strategy.close()
 
 
-def _train_run(state: TrainState, data: TrainData, run: TrainingRun, strategy: SingleProcess,
+def _train_run(state: TrainState, data: TrainData, run: TrainingRun, strategy: Strategy,
                print_fn: Callable[[str], None], progress: bool | None, stop_after_steps: int | None,
                on_epoch_end: Callable[[EpochRecord], bool | None] | None) -> TrainResult:
     """`fit` with its logger, signal handlers and closing report around it."""
@@ -157,8 +166,8 @@ def _train_run(state: TrainState, data: TrainData, run: TrainingRun, strategy: S
     step_model = strategy.wrap(state.model)  # DDP under torchrun, else the model
     if state.config.compile:  # compiles on the first step (tens of seconds); checkpoints keep `model`'s plain names
         step_model = torch.compile(step_model)
-    with stop_on_signals() as flag:
-        loop = Loop(data, step_model, strategy, run, logger, flag, stop_after_steps)
+    with stop_on_signals() as stop:
+        loop = Loop(data, step_model, strategy, run, logger, stop, stop_after_steps)
         try:
             stopped_early = fit(state, loop, on_epoch_end)
             logger.hparams(cfg.to_dict(state.config), state.history)
@@ -178,7 +187,7 @@ def fit(state: TrainState, loop: Loop, on_epoch_end: Callable[[EpochRecord], boo
         started = train_epoch(state, loop)
         record = end_epoch(state, loop, started)
         more = state.epoch < state.config.epochs
-        if loop.strategy.agreed_stop(loop.signal["signal"]) and more:
+        if loop.strategy.agreed_stop(loop.stop.signal_name) and more:
             raise TrainingInterrupted(_interrupt_message(loop, state))
         if on_epoch_end is not None:
             wants_stop = loop.strategy.is_main and bool(on_epoch_end(record))
@@ -219,7 +228,7 @@ def run_steps(state: TrainState, loop: Loop, order: torch.Tensor, log: StepLog, 
         log.walltimes.append(time.time())
         bar.update()
         step = state.global_step
-        stop = loop.strategy.agreed_stop(loop.signal["signal"], step) or (
+        stop = loop.strategy.agreed_stop(loop.stop.signal_name, step) or (
             loop.stop_after_steps is not None and step >= loop.stop_after_steps)
         periodic = config.checkpoint_every and step % config.checkpoint_every == 0
         if (stop or periodic) and state.step_in_epoch < state.steps_per_epoch:
@@ -252,7 +261,7 @@ def log_steps(state: TrainState, loop: Loop, log: StepLog) -> None:
 
 def validate(state: TrainState, loop: Loop) -> tuple[float, float]:
     """(mean loss, accuracy) of the weights being evaluated on the validation split."""
-    return loop.strategy.evaluate(state.eval_model, loop.data.validation_x, loop.data.validation_y,
+    return loop.strategy.loss_and_accuracy(state.eval_model, loop.data.validation_x, loop.data.validation_y,
                                   state.config.channels_last)
 
 
@@ -289,13 +298,11 @@ def _diverged(state: TrainState, loop: Loop, what: str, step: int) -> None:
                            f"try a lower --lr (this run used {state.config.lr:g}); {kept}")
 
 
-def check_before_loading(config: TrainConfig, dataset: Any, strategy: SingleProcess) -> None:
+def check_before_loading(config: TrainConfig, dataset: Any, strategy: Strategy) -> None:
     """The checks that need no data file, made before a run directory exists: a registered data
     set's sizes are known without loading it."""
     strategy.check_batch(config.batch_size)  # an indivisible global batch
     if dataset is None:
-        from mnist_cnn.data.load import check_request
-
         n_file = check_request(config.dataset, config.data_dir, config.validation_size)
         if n_file is not None:
             n_train = n_file - config.validation_size
@@ -305,9 +312,7 @@ def check_before_loading(config: TrainConfig, dataset: Any, strategy: SingleProc
 def prepare_data(config: TrainConfig, dataset: Any, device: torch.device) -> TrainData:
     """The config's data (`dataset`, or loaded now) on the training device."""
     if dataset is None:
-        from mnist_cnn.data import load_dataset
-
-        dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
+        dataset = datasets.load_dataset(config.dataset, config.data_dir, config.validation_size)
     train_x, train_y = dataset.train.images, dataset.train.labels
     if config.train_subset:
         train_x, train_y = train_x[:config.train_subset], train_y[:config.train_subset]
@@ -358,32 +363,32 @@ def _open_logger(state: TrainState, data: TrainData, run: TrainingRun, print_fn:
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[dict[str, Any]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (a second one aborts)."""
-    flag: dict[str, Any] = {"signal": None}
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Turn SIGINT/SIGTERM into a StopRequest the loop checks after each step (a second one aborts)."""
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield flag
+        yield stop
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if flag["signal"] is not None:
+        if stop.signal_name is not None:
             raise KeyboardInterrupt
-        flag["signal"] = signal.Signals(signum).name
+        stop.signal_name = signal.Signals(signum).name
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield flag
+        yield stop
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
 
 
-def _skip(*args: Any, **kwargs: Any) -> None:
+def _print_nothing(*args: Any, **kwargs: Any) -> None:
     """What ranks other than 0 do instead of printing."""
 
 
 def _interrupt_message(loop: Loop, state: TrainState) -> str:
-    why = f"by {loop.signal['signal']}" if loop.signal["signal"] else "on request"
+    why = f"by {loop.stop.signal_name}" if loop.stop.signal_name else "on request"
     epoch, step, steps = state.epoch, state.step_in_epoch, state.steps_per_epoch
     return (f"training stopped {why} at epoch {epoch + (1 if step else 0)}, step {step or steps}/{steps}; "
             f"state saved. Resume with: mnist-cnn train --resume {loop.run.dir if loop.run else ''}")

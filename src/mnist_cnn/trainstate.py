@@ -3,31 +3,27 @@
 Model, optimizer, schedule, EMA weights, every random-number stream (torch, CUDA, numpy, Python,
 and the data-order generator), the counters and the epoch's per-step metrics. `state_dict()` is
 what a checkpoint saves; `load_state_dict()` is what resume restores, so a resumed run continues
-bit for bit. The checkpoint layout is format version 1 (checkpoint.py): evaluate, export and
-the other commands read its "config", "class_names", "model", "ema" and "global_step" keys.
+bit for bit. `CHECKPOINT_SCHEMA`, below `TrainState`, declares that dict once: every key
+`state_dict()` writes, what its value must be, and who needs it; checkpoint.py checks every
+loaded file against it (format version 1).
 """
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from mnist_cnn import config as cfg
-from mnist_cnn.checkpoint import load_model_state
 from mnist_cnn.config import TrainConfig
 from mnist_cnn.ema import EMA
 from mnist_cnn.errors import CheckpointError, UsageError
-from mnist_cnn.models import create_model
-from mnist_cnn.runlog import EpochRecord
-
-# What a checkpoint needs beyond config and weights to continue a run (evaluate needs only those).
-RESUME_KEYS = ("optimizer", "schedule", "rng", "history", "epoch", "step_in_epoch", "global_step",
-               "epoch_seconds", "step_loss", "step_correct")
+from mnist_cnn.models import create_model, load_model_state
+from mnist_cnn.runs import EpochRecord
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -205,6 +201,110 @@ class TrainState:
         self.epoch_seconds = state["epoch_seconds"]
         self.step_loss.copy_(state["step_loss"])
         self.step_correct.copy_(state["step_correct"])
+
+
+# ---------------------------------------------------------------- the checkpoint, declared once
+
+@dataclass(frozen=True)
+class CheckpointField:
+    """One key of `TrainState.state_dict()`: what its value must be (as an error says it), the
+    test a loaded value must pass, and who needs it: "reader" = every command that loads a model,
+    "resume" = `train --resume` only, None = optional (checked when present)."""
+
+    expected: str
+    check: Callable[[Any], bool]
+    needed_by: str | None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _counter(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _str_keyed_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+def _tensor_dict(value: Any) -> bool:
+    return _str_keyed_dict(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _config_ok(config: Any) -> bool:
+    """The settings that evaluate, predict, show, export and ensemble read without the typed
+    TrainConfig (resume parses the whole config with config.from_dict)."""
+    return (_str_keyed_dict(config) and isinstance(config.get("model", ""), str)
+            and isinstance(config.get("dataset", ""), str) and isinstance(config.get("data_dir", ""), (str, type(None)))
+            and _is_int(config.get("validation_size", 0)) and isinstance(config.get("channels_last", True), bool)
+            and _is_number(config.get("epochs", 0)))
+
+
+def _history_ok(history: Any) -> bool:
+    names = {f.name for f in fields(EpochRecord)}
+    return isinstance(history, list) and all(
+        isinstance(r, dict) and set(r) == names and _is_int(r["epoch"]) and all(_is_number(v) for v in r.values())
+        for r in history)
+
+
+def _rng_ok(rng: Any) -> bool:
+    """What `global_rng_state()` and the data-order generator produce: generator states of torch's
+    own size, numpy's MT19937 (624 words) and Python's (625 words), as restore_global_rng_state reads them."""
+    if not isinstance(rng, dict):
+        return False
+    generator_bytes = torch.get_rng_state().numel()
+
+    def generator(t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.shape == (generator_bytes,)
+
+    n, py = rng.get("numpy"), rng.get("python")
+    return (generator(rng.get("torch")) and generator(rng.get("data_order")) and generator(rng.get("data_order_epoch_start"))
+            and isinstance(rng.get("cuda"), (list, tuple)) and all(isinstance(t, torch.Tensor) for t in rng["cuda"])
+            and isinstance(n, dict) and isinstance(n.get("key"), torch.Tensor) and n["key"].shape == (624,)
+            and _is_int(n.get("pos")) and 0 <= n["pos"] <= 624 and _is_int(n.get("has_gauss"))
+            and _is_number(n.get("cached_gaussian"))
+            and isinstance(py, (list, tuple)) and len(py) == 3 and _is_int(py[0])
+            and isinstance(py[1], (list, tuple)) and len(py[1]) == 625 and all(_is_int(w) and 0 <= w < 2**32 for w in py[1])
+            and (py[2] is None or _is_number(py[2])))
+
+
+def _step_tensor(floating: bool) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        return (isinstance(v, torch.Tensor) and v.ndim == 1 and v.is_floating_point() == floating
+                and v.dtype != torch.bool)
+    return check
+
+
+# Every key `TrainState.state_dict()` writes, in its order (save_checkpoint adds "format" and "version").
+CHECKPOINT_SCHEMA: dict[str, CheckpointField] = {
+    "config": CheckpointField("a dict of settings: model and dataset strings, validation_size an int, "
+                              "channels_last a bool", _config_ok, "reader"),
+    "class_names": CheckpointField("a non-empty list of strings", lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                                   and all(isinstance(c, str) for c in v), "reader"),
+    "model": CheckpointField("a dict of tensors", _tensor_dict, "reader"),
+    "optimizer": CheckpointField("a dict with 'state' and 'param_groups'", lambda v: isinstance(v, dict)
+                                 and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list)
+                                 and all(isinstance(g, dict) for g in v["param_groups"]), "resume"),
+    "schedule": CheckpointField("a dict or None", lambda v: v is None or _str_keyed_dict(v), "resume"),
+    "ema": CheckpointField("a dict of tensors or None", lambda v: v is None or _tensor_dict(v), None),
+    "rng": CheckpointField("a dict of RNG states", _rng_ok, "resume"),
+    "epoch": CheckpointField("a non-negative int", _counter, "resume"),
+    "step_in_epoch": CheckpointField("a non-negative int", _counter, "resume"),
+    "global_step": CheckpointField("a non-negative int", _counter, "resume"),
+    "epoch_seconds": CheckpointField("a number", _is_number, "resume"),
+    "step_loss": CheckpointField("a 1-D floating-point tensor", _step_tensor(floating=True), "resume"),
+    "step_correct": CheckpointField("a 1-D integer tensor", _step_tensor(floating=False), "resume"),
+    "history": CheckpointField("a list of per-epoch records (dicts of epoch, seconds, lr, losses and accuracies)",
+                               _history_ok, "resume"),
+}
+READER_KEYS = tuple(k for k, f in CHECKPOINT_SCHEMA.items() if f.needed_by == "reader")
+# What a checkpoint needs beyond config and weights to continue a run (evaluate needs only those).
+RESUME_KEYS = tuple(k for k, f in CHECKPOINT_SCHEMA.items() if f.needed_by == "resume")
 
 
 def resumable_checkpoint(state: dict[str, Any], path: Path) -> TrainConfig:

@@ -37,6 +37,7 @@ import torch
 
 from mnist_cnn.data.dataset import Dataset, Split
 from mnist_cnn.errors import DataError, UsageError
+from mnist_cnn.preprocess import ImageError, mnist_style, open_image, to_grayscale
 
 NAME = "folder"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -72,8 +73,6 @@ def _scan(class_dir: Path) -> tuple[list[Path], int]:
 
 def image_to_mnist(path: Path) -> torch.Tensor:
     """(1, 28, 28) uint8 for one file: verbatim grey when 28x28, else MNIST-style preprocessing."""
-    from mnist_cnn.preprocess import mnist_style, open_image, to_grayscale
-
     image = open_image(path)
     gray = to_grayscale(image)  # (H, W) float32 in [0, 1]
     if gray.shape == (SIZE, SIZE):
@@ -83,8 +82,6 @@ def image_to_mnist(path: Path) -> torch.Tensor:
 
 def _load_images(paths: list[Path]) -> torch.Tensor:
     """(N, 1, 28, 28) uint8; every failure is collected, then reported with the files' names."""
-    from mnist_cnn.preprocess import ImageError
-
     def one(path: Path) -> torch.Tensor | str:
         try:
             return image_to_mnist(path)

@@ -19,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 from mnist_cnn.errors import DataError
-from mnist_cnn.fileio import atomic_write_bytes as atomic_write  # the one atomic write; sources.py imports it from here
+from mnist_cnn.fileio import atomic_write_bytes
 
 # IDX dtype code -> numpy dtype as stored on disk (multi-byte types are big-endian).
 _CODE_TO_DTYPE: dict[int, np.dtype] = {
@@ -160,4 +160,4 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     if path.suffix == ".gz":
         # mtime=0: identical arrays give identical files (stable checksums).
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    atomic_write(path, data)
+    atomic_write_bytes(path, data)

@@ -62,7 +62,7 @@ def load_dataset(
     """
     check_request(name, data_dir, validation_size)
     if name == "folder":
-        from mnist_cnn.data.folder import load_folder
+        from mnist_cnn.data.folder import load_folder  # at use: Pillow is imported only for image folders
 
         return load_folder(data_dir, validation_size)
     spec = get_spec(name)

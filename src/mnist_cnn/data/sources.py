@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mnist_cnn.data.idx import atomic_write, encode_idx, maybe_gunzip, parse_idx, read_idx_bytes
+from mnist_cnn.data.idx import encode_idx, maybe_gunzip, parse_idx, read_idx_bytes
 from mnist_cnn.data.registry import KEYS, DatasetSpec, FileSpec
 from mnist_cnn.errors import DataError
+from mnist_cnn.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _move_aside(path: Path) -> str:
 def _store(cache: Path, f: FileSpec, raw: bytes) -> None:
     """Put verified bytes in the cache; only now are bad copies kept aside deleted."""
     try:
-        atomic_write(cache / f.name, raw)
+        atomic_write_bytes(cache / f.name, raw)
     except OSError as exc:
         raise _cache_write_error(cache, exc) from exc
     for name in f.local_names():
@@ -232,55 +233,66 @@ def _download(url: str, cache: Path, progress: bool, max_bytes: int) -> tuple[Pa
         fd, tmp = tempfile.mkstemp(dir=cache, prefix=".download.", suffix=".part")
     except OSError as exc:
         raise _cache_write_error(cache, exc) from exc
-    md5 = hashlib.md5(usedforsecurity=False)
     try:
         with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
-            except urllib.error.HTTPError as exc:
-                raise DataError(f"HTTP {exc.code} {exc.reason}") from exc
-            except urllib.error.URLError as exc:
-                reason = exc.reason
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    reason = f"timed out after {TIMEOUT_S:g} s"
-                raise DataError(f"cannot connect: {reason}") from exc
-            except (TimeoutError, socket.timeout) as exc:  # connected, but no response
-                raise DataError(f"no response within {TIMEOUT_S:g} s") from exc
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                raise DataError(f"request failed: {exc!r}") from exc
+            response = _open_url(url)
             with response, tqdm(
                 total=int(response.headers.get("Content-Length") or 0) or None,
                 unit="B", unit_scale=True, unit_divisor=1024, leave=False,
                 desc=url.rsplit("/", 1)[-1], disable=not progress, file=sys.stderr,
             ) as bar:
-                length = response.headers.get("Content-Length")
-                received = 0
-                while True:
-                    try:
-                        chunk = response.read(_CHUNK)
-                    except (TimeoutError, socket.timeout) as exc:
-                        raise DataError(f"timed out after {TIMEOUT_S:g} s without data") from exc
-                    except (http.client.HTTPException, OSError) as exc:
-                        raise DataError(f"connection failed after {received} bytes: {exc!r}") from exc
-                    if not chunk:
-                        break
-                    if received + len(chunk) > max_bytes:
-                        raise DataError(f"the server sent more than {max_bytes} bytes, more than this file "
-                                        "can be; stopped downloading")
-                    try:
-                        out.write(chunk)
-                    except OSError as exc:
-                        raise _cache_write_error(cache, exc) from exc
-                    md5.update(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-                if length is not None and received != int(length):
-                    raise DataError(f"truncated download: {received} of {length} bytes")
+                md5 = _stream(response, out, cache, max_bytes, bar)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return Path(tmp), md5.hexdigest()
+    return Path(tmp), md5
+
+
+def _open_url(url: str):
+    """The response to a GET of `url`; a failure is a DataError with a short reason."""
+    try:
+        return urllib.request.urlopen(url, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        raise DataError(f"HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            reason = f"timed out after {TIMEOUT_S:g} s"
+        raise DataError(f"cannot connect: {reason}") from exc
+    except (TimeoutError, socket.timeout) as exc:  # connected, but no response
+        raise DataError(f"no response within {TIMEOUT_S:g} s") from exc
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise DataError(f"request failed: {exc!r}") from exc
+
+
+def _stream(response, out, cache: Path, max_bytes: int, bar) -> str:
+    """Copy the response body into `out`, at most `max_bytes`; returns the body's MD5."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    length = response.headers.get("Content-Length")
+    received = 0
+    while True:
+        try:
+            chunk = response.read(_CHUNK)
+        except (TimeoutError, socket.timeout) as exc:
+            raise DataError(f"timed out after {TIMEOUT_S:g} s without data") from exc
+        except (http.client.HTTPException, OSError) as exc:
+            raise DataError(f"connection failed after {received} bytes: {exc!r}") from exc
+        if not chunk:
+            break
+        if received + len(chunk) > max_bytes:
+            raise DataError(f"the server sent more than {max_bytes} bytes, more than this file "
+                            "can be; stopped downloading")
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            raise _cache_write_error(cache, exc) from exc
+        md5.update(chunk)
+        received += len(chunk)
+        bar.update(len(chunk))
+    if length is not None and received != int(length):
+        raise DataError(f"truncated download: {received} of {length} bytes")
+    return md5.hexdigest()
 
 
 def _fetch_idx(url: str, cache: Path, progress: bool, f: FileSpec) -> bytes:

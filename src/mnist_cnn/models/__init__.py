@@ -1,79 +1,13 @@
-"""Model registry: every network is registered by name and built with `create_model(name)`.
+"""The networks, each registered by name and built with `create_model(name)` (registry.py).
 
-Adding a model is writing one class in this folder with `@register("name")`; nothing else
-changes. Every model takes `(N, C, 28, 28)` float32 images scaled to [0, 1] and returns
-`(N, num_classes)` logits, so training, evaluation, export and serving treat them alike.
+Adding a model is writing one class in a module of this folder, decorated with
+`@register("name")`, and adding that module to the import line below: registering happens when
+the module is imported. Every model takes `(N, C, 28, 28)` float32 images scaled to [0, 1] and
+returns `(N, num_classes)` logits, so training, evaluation, export and serving treat them alike.
 """
-from __future__ import annotations
+from mnist_cnn.models import best, fast, resnet, seed  # noqa: F401  (importing a module registers its model)
+from mnist_cnn.models.registry import (SHAPE_OPTIONS, count_parameters, create_model, load_model_state, model_names,
+                                       register, saved_shape, shape_options)
 
-import inspect
-from typing import Any, Callable
-
-from torch import nn
-
-from mnist_cnn.errors import UsageError
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator: make `create_model(name)` build this class."""
-
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = cls
-        return cls
-
-    return add
-
-
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-# Config fields a network may take as keyword arguments (see TrainConfig); 0 = the network's default.
-SHAPE_OPTIONS = ("depth", "width")
-
-
-def shape_options(name: str) -> tuple[str, ...]:
-    """The SHAPE_OPTIONS the registered network `name` accepts (its constructor's keywords)."""
-    accepted = inspect.signature(_REGISTRY[name]).parameters
-    return tuple(option for option in SHAPE_OPTIONS if option in accepted)
-
-
-def saved_shape(config: dict[str, Any]) -> dict[str, int]:
-    """The SHAPE_OPTIONS of a saved config (configs older than these fields hold none: 0 = default)."""
-    return {option: config.get(option) or 0 for option in SHAPE_OPTIONS}
-
-
-def create_model(name: str, num_classes: int = 10, in_channels: int = 1, **options: Any) -> nn.Module:
-    """Build a freshly initialised model by its registered name.
-
-    `options` are SHAPE_OPTIONS (e.g. depth=2, width=48); a 0 or None value means the network's
-    default, a non-zero one for a network that does not take it is refused.
-    """
-    try:
-        build = _REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}") from None
-    unknown = sorted(set(options) - set(SHAPE_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown model option(s): {', '.join(unknown)}")
-    given = {k: int(v) for k, v in options.items() if v}
-    for option in given:
-        if option not in shape_options(name):
-            raise UsageError(f"--{option} applies to {', '.join(n for n in model_names() if option in shape_options(n))}"
-                             f" only; model {name!r} has a fixed {option}")
-    return build(num_classes=num_classes, in_channels=in_channels, **given)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# Importing the modules registers their models.
-from mnist_cnn.models import seed  # noqa: E402,F401
-from mnist_cnn.models import best  # noqa: E402,F401
-from mnist_cnn.models import fast  # noqa: E402,F401
-from mnist_cnn.models import resnet  # noqa: E402,F401
+__all__ = ["SHAPE_OPTIONS", "count_parameters", "create_model", "load_model_state", "model_names", "register",
+           "saved_shape", "shape_options"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mnist_cnn.models import register
+from mnist_cnn.models.registry import register
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:

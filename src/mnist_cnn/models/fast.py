@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mnist_cnn.models import register
+from mnist_cnn.models.registry import register
 
 
 @register("fast")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mnist_cnn.models import register
+from mnist_cnn.models.registry import register
 
 # The lesson's initialisation: tf.truncated_normal(stddev=0.05), which redraws values beyond
 # 2 standard deviations, and tf.constant(0.05) for every bias.

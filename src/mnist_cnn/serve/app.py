@@ -25,11 +25,12 @@ import anyio
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mnist_cnn import __version__
 from mnist_cnn.errors import MnistCnnError, escape_controls
+from mnist_cnn.predict import prediction_fields
 from mnist_cnn.preprocess import FORMATS, ImageError, png_size
 from mnist_cnn.serve.bodies import MAX_BATCH, RequestError, batch_images_from_body, image_bytes_from_body
 from mnist_cnn.serve.config import ServeConfig
@@ -52,14 +53,16 @@ INLINE_BODY = 64 << 10
 INLINE_PIXELS = 160_000
 
 
-class Prediction(BaseModel):
-    prediction: int = Field(description="index of the most probable class")
-    label: str = Field(description="its name, class_names[prediction]")
-    probabilities: list[float] = Field(description="one per class, summing to 1 (rounded to 6 decimals)")
-    class_names: list[str]
-    image: str = Field(description="the 28x28 view the network saw, as a PNG data URL")
-    inverted: bool = Field(description="true when the input had dark ink on a light background")
-    ms: float = Field(description="server time for decoding, preprocessing and the forward pass, ms")
+# The API's answer: the fields of the one prediction type (predict.Prediction), and what the page
+# shows besides. "label" here is the class's name, as the page and its clients have always read it.
+Prediction = create_model(
+    "Prediction",
+    prediction=(int, Field(description="index of the most probable class")),
+    label=(str, Field(description="its name, class_names[prediction]")),
+    **{name: (kind, Field(description=text)) for name, (kind, text) in prediction_fields().items()},
+    image=(str, Field(description="the 28x28 view the network saw, as a PNG data URL")),
+    ms=(float, Field(description="server time for decoding, preprocessing and the forward pass, ms")),
+)
 
 
 class Error(BaseModel):

@@ -5,6 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from mnist_cnn.config import setting
 from mnist_cnn.errors import UsageError
 
 DEFAULT_MAX_UPLOAD_MB = 16     # a phone photo is 3-8 MB; base64 in JSON adds a third
@@ -12,20 +13,33 @@ DEFAULT_MAX_UPLOAD_MB = 16     # a phone photo is 3-8 MB; base64 in JSON adds a 
 
 @dataclass
 class ServeConfig:
-    run: str                          # run directory, its checkpoint.pt, or an exported .onnx file
-    host: str = "127.0.0.1"           # loopback: only this machine can reach the page
-    port: int = 8000                  # 0 = any free port
-    device: str = "auto"
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB   # largest request body, MiB
-    workers: int = 1                  # server processes, each with its own copy of the model
-    concurrency: int = 2              # decodes + forward passes at once per process (tens of MB each)
-    max_connections: int = 4096       # open connections per process; beyond it requests get 503
-    header_timeout: float = 10.0      # seconds from connecting to the end of the request's headers
-    body_timeout: float = 30.0        # seconds to send the whole body
-    keep_alive: float = 5.0           # seconds an idle kept-alive connection stays open
-    allow_hosts: tuple[str, ...] = () # Host names answered besides localhost, 127.0.0.1, ::1 ("*.d": d's subdomains, "*": any)
-    cors: tuple[str, ...] = ()        # origins whose pages may POST (e.g. http://localhost:3000)
-    log_all: bool = False             # log every request, not only refused ones
+    """`mnist-cnn serve`'s settings; the command's flags and --help are generated from these fields."""
+
+    run: str = setting(help="run directory, a .pt checkpoint file (the file named is the one loaded), or an "
+                            "exported .onnx file", flag="RUN")
+    host: str = setting("127.0.0.1", "address to listen on: 127.0.0.1 = this machine only, 0.0.0.0 = every "
+                                     "interface")
+    port: int = setting(8000, "TCP port (0 = any free port)")
+    device: str = setting("auto", "where the model runs", ("auto", "cpu", "cuda"))
+    max_upload_mb: float = setting(DEFAULT_MAX_UPLOAD_MB, "largest request body accepted, MiB; larger ones get "
+                                                          "HTTP 413 (a phone photo is 3-8 MB; base64 in JSON adds a third)",
+                                   metavar="MB")
+    workers: int = setting(1, "server processes, each with its own copy of the model", metavar="N")
+    concurrency: int = setting(2, "images decoded at once per process in worker threads (each may take tens of "
+                                  "MB); the rest wait their turn", metavar="N")
+    max_connections: int = setting(4096, "open connections per process before new requests get HTTP 503",
+                                   metavar="N")
+    header_timeout: float = setting(10.0, "seconds a client has to send its request headers, else 408",
+                                    metavar="S")
+    body_timeout: float = setting(30.0, "seconds a client has to send its request body, else 408", metavar="S")
+    keep_alive: float = setting(5.0, "seconds an idle kept-alive connection stays open", flag=None)
+    allow_hosts: tuple[str, ...] = setting((), "answer requests whose Host is NAME too (repeatable; localhost, "
+                                               "127.0.0.1 and ::1 always; '*.example.com' = its subdomains; "
+                                               "'*' = any, which lets other web sites reach the server by DNS "
+                                               "rebinding)", flag="--allow-host", metavar="NAME")
+    cors: tuple[str, ...] = setting((), "let web pages from ORIGIN (e.g. http://localhost:3000) call the API "
+                                        "(repeatable; by default cross-origin POSTs are refused)", metavar="ORIGIN")
+    log_all: bool = setting(False, "log every request, not only refused ones", flag="--log-requests")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -61,6 +75,6 @@ class ServeConfig:
 def limit_torch_threads() -> None:
     """One intra-op thread per server process: a batch of 28x28 images gains nothing from more,
     and with --workers N the processes would fight over the cores."""
-    import torch
+    import torch  # at call time: this module is imported for `serve --help`, which needs no torch
 
     torch.set_num_threads(1)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from mnist_cnn.inference import Classifier, load_classifier
-from mnist_cnn.preprocess import ImageError, preprocess
+from mnist_cnn.preprocess import preprocess
 
 
 class Predictor:
@@ -62,21 +62,6 @@ class Predictor:
             "inverted": prepared.inverted,
             "ms": round((time.perf_counter() - prepared.start) * 1000, 1),
         }
-
-    def predict_many(self, images: list[bytes]) -> list[dict[str, Any] | ImageError]:
-        """Encoded images -> one API answer each, or the ImageError that image raised.
-
-        The usable images go through the network in one forward pass (the server batches across
-        requests instead, with serve.batching)."""
-        prepared: list[Prepared | ImageError] = []
-        for data in images:
-            try:
-                prepared.append(self.prepare(data))
-            except ImageError as e:
-                prepared.append(e)
-        good = [p for p in prepared if isinstance(p, Prepared)]
-        probs = iter(self.probabilities(torch.stack([p.image for p in good])) if good else [])
-        return [p if isinstance(p, ImageError) else self.answer(p, next(probs)) for p in prepared]
 
 
 @dataclass

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnist_cnn.checkpoint import atomic_write_bytes
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.runs import read_json, write_json
+from mnist_cnn.evaluate import evaluate
+from mnist_cnn.fileio import atomic_write_bytes, read_json, write_json
 
 
 @dataclass
@@ -89,12 +89,7 @@ def write_plots(study: Any, plots: Path) -> tuple[dict[str, Path], dict[str, str
 
 def test_accuracy(run_dir: Path, dataset: Any = None) -> float:
     """The run's test accuracy through `evaluate`'s path (mnist-cnn evaluate RUN)."""
-    from mnist_cnn.evaluate import evaluate_classifier, load_split
-    from mnist_cnn.inference import load_classifier
-
-    classifier = load_classifier(run_dir, "cpu")
-    part = dataset.test if dataset is not None else load_split(classifier.config, "test")
-    return evaluate_classifier(classifier, part, "test").accuracy
+    return evaluate(run_dir, "test", dataset=dataset, device="cpu").accuracy
 
 
 def write_report(study: Any, study_dir: Path, dataset: Any = None) -> StudyReport:

@@ -19,9 +19,10 @@ import warnings
 from pathlib import Path
 from typing import IO, Any
 
+from mnist_cnn.config import TuneSettings
 from mnist_cnn.errors import MnistCnnError, UsageError
 
-HEARTBEAT_S = 10   # seconds between a running trial's heartbeats (RDB storage)
+HEARTBEAT_S = TuneSettings.heartbeat_s   # seconds between a running trial's heartbeats (RDB storage)
 GRACE_S = 30       # a trial silent this long is dead; 3 heartbeats tolerate a busy database
 JOURNAL = "study.journal"
 ALIVE = ".alive"

@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import mnist_cnn.tune.storage as st
 from mnist_cnn import config as cfg
+from mnist_cnn.config import TuneSettings
+from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
 from mnist_cnn.errors import MnistCnnError, UsageError
-from mnist_cnn.tune import storage as st
+from mnist_cnn.train import train
+from mnist_cnn.tune.report import StudyReport, write_report
 from mnist_cnn.tune.space import Param, check_space, default_space, format_space, integer_fields, read_space_file, suggest
 
 FINISHED = ("COMPLETE", "PRUNED")  # the states that count towards --trials
@@ -29,35 +33,15 @@ class TuneInterrupted(MnistCnnError):
 
 
 @dataclass
-class TuneSettings:
-    study: str                                   # name: runs/tune-<study>, and the study's name in its storage
-    trials: int                                  # finished (complete + pruned) trials the study should reach
-    preset: str = "default"
-    fixed: dict[str, Any] = field(default_factory=dict)   # config fields given on the command line
-    space_file: str | None = None                # TOML/JSON space; None = the preset's default space
-    out_dir: str | Path = "runs"
-    storage: str | None = None                   # database URL; None = journal file in the study folder
-    jobs: int = 1                                # worker processes on this machine
-    timeout: float | None = None                 # seconds; each worker starts no trial after this
-    heartbeat_s: float = st.HEARTBEAT_S          # RDB storage: seconds between a trial's heartbeats
-    continue_command: str = ""                   # printed when interrupted, to carry on
-    startup_trials: int = 4                      # trials that finish before the pruner judges any
-    sampler_seed: int | None = None              # TPE's seed (+ worker index); None = fresh each run, as a
-                                                 # resumed or parallel search cannot replay its order anyway
+class StudyPlan:
+    """A study's settings after every check `prepare` can make before the study is opened."""
 
-    @property
-    def study_dir(self) -> Path:
-        return Path(self.out_dir) / f"tune-{self.study}"
-
-
-@dataclass
-class Prepared:
     settings: TuneSettings
     space: dict[str, Param]
     threads: int
 
 
-def prepare(settings: TuneSettings) -> Prepared:
+def prepare(settings: TuneSettings) -> StudyPlan:
     """Check everything that can be checked before a study is opened."""
     if not settings.study or "/" in settings.study or settings.study.startswith("."):
         raise UsageError(f"--study {settings.study!r}: give a plain name (it becomes the folder tune-NAME)")
@@ -72,10 +56,10 @@ def prepare(settings: TuneSettings) -> Prepared:
     if not space:
         raise UsageError("nothing left to search: every field of the default space is fixed on the command line")
     threads = settings.fixed.get("threads") or max(1, st.cpu_cores() // settings.jobs)
-    return Prepared(settings, space, threads)
+    return StudyPlan(settings, space, threads)
 
 
-def open_study(p: Prepared, worker: int = 0) -> tuple[Any, Any]:
+def open_study(p: StudyPlan, worker: int = 0) -> tuple[Any, Any]:
     """Create or load the study; a study started with another space, preset or fixed flags is refused."""
     optuna = st.require_optuna()
     s = p.settings
@@ -133,7 +117,7 @@ def _stop_when_enough_started(trials: int) -> Callable[[Any, Any], None]:
     return callback
 
 
-def run_worker(p: Prepared, worker: int, dataset: Any = None, print_fn: Callable[[str], None] = print) -> None:
+def run_worker(p: StudyPlan, worker: int, dataset: Any = None, print_fn: Callable[[str], None] = print) -> None:
     """One worker: runs trials until the study has `trials` finished ones (or the timeout)."""
     optuna = st.require_optuna()
     s = p.settings
@@ -141,10 +125,8 @@ def run_worker(p: Prepared, worker: int, dataset: Any = None, print_fn: Callable
     is_journal = s.storage is None
     st.fail_dead_trials(study, storage, s.study_dir, is_journal)
     if dataset is None and not {"dataset", "data_dir", "validation_size"} & set(p.space):
-        from mnist_cnn.data import load_dataset
-
         base = cfg.make_config(s.preset, **s.fixed)
-        dataset = load_dataset(base.dataset, base.data_dir, base.validation_size, progress=False)  # once, not per trial
+        dataset = data.load_dataset(base.dataset, base.data_dir, base.validation_size, progress=False)  # once, not per trial
     remaining = s.trials - started_count(study)
     if remaining <= 0:
         return
@@ -153,11 +135,9 @@ def run_worker(p: Prepared, worker: int, dataset: Any = None, print_fn: Callable
                    callbacks=[_stop_when_enough_started(s.trials)])
 
 
-def _objective(trial: Any, p: Prepared, worker: int, dataset: Any, storage: Any,
+def _objective(trial: Any, p: StudyPlan, worker: int, dataset: Any, storage: Any,
                print_fn: Callable[[str], None]) -> float:
     optuna = st.require_optuna()
-    from mnist_cnn.train import train
-
     s = p.settings
     alive = st.hold_alive_lock(s.study_dir, trial.number)
     try:
@@ -200,7 +180,7 @@ def _objective(trial: Any, p: Prepared, worker: int, dataset: Any, storage: Any,
             alive.close()
 
 
-def _worker_main(p: Prepared, worker: int, dataset: Any, errors: Any) -> None:
+def _worker_main(p: StudyPlan, worker: int, dataset: Any, errors: Any) -> None:
     """Entry point of a `--jobs` worker process (spawned: a fresh interpreter)."""
     _die_with_parent()
     try:
@@ -228,7 +208,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_workers(p: Prepared, dataset: Any = None, print_fn: Callable[[str], None] = print) -> None:
+def run_workers(p: StudyPlan, dataset: Any = None, print_fn: Callable[[str], None] = print) -> None:
     """Run the study's trials: in this process (--jobs 1) or in `jobs` spawned worker processes."""
     if p.settings.jobs == 1:
         try:
@@ -265,14 +245,34 @@ def run_workers(p: Prepared, dataset: Any = None, print_fn: Callable[[str], None
                             f"run the same command again to continue the study")
 
 
-def interrupted(p: Prepared) -> TuneInterrupted:
+def interrupted(p: StudyPlan) -> TuneInterrupted:
     again = f": {p.settings.continue_command}" if p.settings.continue_command else " by running the same command again"
     return TuneInterrupted(f"tuning interrupted; the study in {p.settings.study_dir} is kept "
                            f"(running trials marked failed). Continue it{again}")
 
 
-def describe_start(p: Prepared, study: Any) -> str:
+def describe_start(p: StudyPlan, study: Any) -> str:
     s = p.settings
     where = s.storage.split("@")[-1] if s.storage else str(s.study_dir / st.JOURNAL)
     return (f"Study {s.study!r} in {where}: {finished_count(study)}/{s.trials} trials finished; "
             f"{s.jobs} worker(s) x {p.threads} thread(s). Searching: {format_space(p.space)}")
+
+
+def tune(settings: TuneSettings, dataset: Any = None, print_fn: Callable[[str], None] = print) -> StudyReport:
+    """Run (or continue) a study until it has `settings.trials` finished trials, then report.
+
+    `dataset`: a preloaded mnist_cnn.data.Dataset (tests); otherwise each worker loads the
+    config's data set once. Interrupted: TuneInterrupted, the study kept for the next call."""
+    prepared = prepare(settings)
+    try:
+        study, storage = open_study(prepared)  # checks the storage before any worker starts
+        dead = st.fail_dead_trials(study, storage, settings.study_dir, settings.storage is None)
+        if dead:
+            print_fn(f"Marked trial(s) {', '.join(map(str, dead))} failed: their process is gone")
+        print_fn(describe_start(prepared, study))
+        if finished_count(study) < settings.trials:
+            run_workers(prepared, dataset, print_fn)
+        st.fail_dead_trials(study, storage, settings.study_dir, settings.storage is None)
+        return write_report(study, settings.study_dir, dataset)
+    except KeyboardInterrupt:  # outside a trial (a trial's Ctrl-C arrives as TuneInterrupted)
+        raise interrupted(prepared) from None
