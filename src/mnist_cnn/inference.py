@@ -87,13 +87,17 @@ class Classifier:
     run_dir: Path | None = None                # the run a checkpoint.pt belongs to; None for other files
     global_step: int = 0                       # the training step the weights come from (TensorBoard x axis)
     status: str = "unknown"                    # run.json's status for a run, else "unknown"
+    bf16: bool = False                         # run under bf16 autocast (precision.inference_bf16)
     _session: Any = field(default=None, repr=False)
 
     def logits(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """(N, C, 28, 28) uint8 -> (N, classes) float32 logits, on the CPU."""
         if self.model is not None:
-            return predict_logits(self.model, images_u8, batch_size,
-                                  channels_last=bool(self.config.get("channels_last", True))).cpu()
+            from mnist_cnn.precision import autocast
+
+            with autocast(next(self.model.parameters()).device, self.bf16):
+                return predict_logits(self.model, images_u8, batch_size,
+                                      channels_last=bool(self.config.get("channels_last", True))).cpu()
         out = []
         for i in range(0, len(images_u8), batch_size):
             x = to_input_numpy(images_u8[i:i + batch_size])
@@ -141,8 +145,11 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     # Outputs and status belong to the run only when the file is the run's own checkpoint.
     run_dir = checkpoint.parent if checkpoint.name == CHECKPOINT else None
     status = read_run_info(run_dir)["status"] if run_dir is not None else "unknown"
+    from mnist_cnn.precision import inference_bf16
+
     return Classifier(tuple(state["class_names"]), dict(state["config"]), path, "run", model=model,
-                      run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status)
+                      run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status,
+                      bf16=inference_bf16(dict(state["config"]), torch_device))
 
 
 def _build_model(state: dict[str, Any], source: Path) -> nn.Module:
