@@ -315,3 +315,36 @@ def test_compiled_training_saves_plain_names_and_evaluates(tmp_path, keep_thread
     assert state["model"] and not [k for k in state["model"] if "_orig_mod" in k]
     assert load_classifier(run, "cpu").logits(toy_dataset().test.images).shape == (100, 10)
     print(f"compiled toy run: {time.monotonic() - started:.0f} s")
+
+
+# ------------------------------------------------------------------ the bench's precision table
+def load_bench():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("mnist_cnn_bench", Path(__file__).parents[1] / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bench_precision_table_records_what_auto_meant(monkeypatch, has_bf16, keep_threads):
+    set_cpu_flags(monkeypatch, amx=has_bf16)
+    bench = load_bench()
+    torch.set_num_threads(1)
+    table = bench.bench_precision(toy_dataset(), ["seed", "fast"], ["fp32", "auto"], steps=1, rounds=2)
+    assert table["decided_by"]["native"] is has_bf16 and table["decided_by"]["cpu_flags"]["amx_bf16"] is has_bf16
+    seed, fast = table["presets"]
+    assert seed["amp"] == {"fp32": "off", "auto": "off"}  # the lesson stays float32
+    assert fast["amp"] == {"fp32": "off", "auto": "bf16" if has_bf16 else "off"}
+    assert all(len(t) == 2 and all(s > 0 for s in t) for t in fast["seconds_per_round"].values())
+    rows = dict(bench.precision_rows(table))
+    assert rows["precision: what decided auto"].startswith("CPU has")
+    assert f"auto={'bf16' if has_bf16 else 'off'}" in rows["  ms per step, preset fast"]
+
+
+def test_bench_refuses_a_forced_bf16_time_to_99_where_it_is_emulated(emulated, capsys):
+    with pytest.raises(SystemExit) as done:
+        load_bench().parse_args(["--amp", "bf16"])
+    assert done.value.code == 2 and "amp bf16 needs native bfloat16" in capsys.readouterr().err
