@@ -348,3 +348,16 @@ def test_bench_refuses_a_forced_bf16_time_to_99_where_it_is_emulated(emulated, c
     with pytest.raises(SystemExit) as done:
         load_bench().parse_args(["--amp", "bf16"])
     assert done.value.code == 2 and "amp bf16 needs native bfloat16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_lr_find_sweeps_at_the_precision_training_will_use(monkeypatch, has_bf16, keep_threads):
+    import mnist_cnn.train
+    from mnist_cnn.lr_find import lr_find
+
+    set_cpu_flags(monkeypatch, amx=has_bf16)
+    real, asked = mnist_cnn.train.train_step, []
+    monkeypatch.setattr(mnist_cnn.train, "train_step", lambda *a, amp=False, **k: asked.append(amp) or real(*a, amp=amp, **k))
+    config = cfg.make_config("default", batch_size=20, threads=1)
+    lr_find(config, dataset=toy_dataset(), start=1e-4, end=1e-2, steps=15, out_dir=None)
+    assert asked and set(asked) == {has_bf16}

@@ -59,6 +59,9 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: 
 
         dataset = load_dataset(config.dataset, config.data_dir, config.validation_size)
     device = select_device(config.device)
+    from mnist_cnn.precision import resolve_amp
+
+    bf16 = resolve_amp(config.amp, config.preset, device) == "bf16"  # the precision the run it sizes trains at
     images, labels = dataset.train.images, dataset.train.labels
     if config.train_subset:
         images, labels = images[:config.train_subset], labels[:config.train_subset]
@@ -80,7 +83,7 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = 1e-7, end: 
             group["lr"] = lr
         idx = torch.randint(0, len(labels), (config.batch_size,), generator=order)
         x = augment(to_input(images[idx].to(device), config.channels_last), config.augment)
-        loss, _ = train_step(model, optimizer, x, labels[idx].to(device), config.label_smoothing)
+        loss, _ = train_step(model, optimizer, x, labels[idx].to(device), config.label_smoothing, amp=bf16)
         value = loss.item()  # one sync per step: the stop rule needs the value now
         average = SMOOTHING * average + (1 - SMOOTHING) * value
         smooth = average / (1 - SMOOTHING ** (step + 1))
