@@ -273,6 +273,15 @@ def test_compile_on_and_off_are_kept_and_on_is_refused_without_a_compiler(monkey
     assert clock.calls == 0
 
 
+def test_auto_skips_the_slow_compiler_lookup_for_networks_it_never_compiles(monkeypatch):
+    def lookup(device):
+        raise AssertionError("looked for a compiler")
+
+    monkeypatch.setattr(compilation, "compile_unavailable_reason", lookup)
+    for choice, preset, model in [("off", "resnet-digits", "resnet"), ("auto", "seed", "seed"), ("auto", "fast", "fast")]:
+        assert compilation.resolve_compile(choice, preset, model, 10**6, CPU, StepClock(1.0)) == "off"
+
+
 def test_resuming_a_compiled_run_where_compile_cannot_run_says_so_in_one_line(monkeypatch):
     lines = []
     monkeypatch.setattr(compilation, "compile_unavailable_reason", lambda device: "no C++ compiler here")

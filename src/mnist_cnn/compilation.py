@@ -58,14 +58,12 @@ def resolve_compile(choice: str, preset: str, model: str, steps_left: int, devic
                     step_seconds: Callable[[], float]) -> str:
     """The config's compile choice ("auto", "on", "off") resolved to "on" or "off".
     `step_seconds()` times an eager step; it is called only when `auto` has to weigh one."""
-    if choice == "off":
-        return "off"
-    reason = compile_unavailable_reason(device)
     if choice == "on":
-        if reason:
+        if reason := compile_unavailable_reason(device):
             raise UsageError(f"--compile on: {reason}; use --compile off")
         return "on"
-    if preset == "seed" or model not in COMPILE_SAVING or reason:
+    # The cheap checks first: looking for a compiler imports inductor, which takes seconds.
+    if choice == "off" or preset == "seed" or model not in COMPILE_SAVING or compile_unavailable_reason(device):
         return "off"
     saving_s = steps_left * step_seconds() * COMPILE_SAVING[model]
     return "on" if saving_s > PAYBACK_MARGIN * COMPILE_COST_S else "off"
