@@ -370,3 +370,14 @@ def test_lr_find_sweeps_at_the_precision_training_will_use(monkeypatch, has_bf16
     config = cfg.make_config("default", batch_size=20, threads=1)
     lr_find(config, dataset=toy_dataset(), start=1e-4, end=1e-2, steps=15, out_dir=None)
     assert asked and set(asked) == {has_bf16}
+
+
+def test_tune_refuses_an_impossible_amp_before_opening_a_study(emulated, tmp_path):
+    from mnist_cnn.tune.study import TuneSettings, prepare
+
+    with pytest.raises(UsageError, match="amp bf16 needs native bfloat16"):
+        prepare(TuneSettings("s", 2, fixed={"amp": "bf16"}, out_dir=tmp_path))
+    with pytest.raises(UsageError, match="always trains in float32"):
+        prepare(TuneSettings("s", 2, preset="seed", fixed={"amp": "bf16"}, out_dir=tmp_path))
+    assert prepare(TuneSettings("s", 2, fixed={"amp": "auto"}, out_dir=tmp_path)).space
+    assert not list(tmp_path.iterdir())

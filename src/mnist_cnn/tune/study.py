@@ -65,7 +65,11 @@ def prepare(settings: TuneSettings) -> Prepared:
         raise UsageError("--trials and --jobs must be positive integers")
     if settings.timeout is not None and settings.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {settings.timeout:g}")
-    cfg.make_config(settings.preset, **settings.fixed)  # the fixed part alone must be a valid config
+    fixed = cfg.make_config(settings.preset, **settings.fixed)  # the fixed part alone must be a valid config
+    from mnist_cnn.inference import select_device
+    from mnist_cnn.precision import resolve_amp
+
+    resolve_amp(fixed.amp, fixed.preset, select_device(fixed.device))  # a refused --amp fails now, not every trial
     space = (read_space_file(settings.space_file) if settings.space_file
              else default_space(settings.preset, settings.fixed))
     check_space(space, settings.preset, settings.fixed)
