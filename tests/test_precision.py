@@ -16,6 +16,7 @@ from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.cli import main
 from mnist_cnn.errors import UsageError
 from mnist_cnn.inference import load_classifier
+from mnist_cnn.models import create_model
 from mnist_cnn.runs import CHECKPOINT, read_json
 from mnist_cnn.train import TrainData, TrainingInterrupted, _eager_step_seconds, train
 from mnist_cnn.trainstate import TrainState
@@ -381,3 +382,41 @@ def test_tune_refuses_an_impossible_amp_before_opening_a_study(emulated, tmp_pat
         prepare(TuneSettings("s", 2, preset="seed", fixed={"amp": "bf16"}, out_dir=tmp_path))
     assert prepare(TuneSettings("s", 2, fixed={"amp": "auto"}, out_dir=tmp_path)).space
     assert not list(tmp_path.iterdir())
+
+
+def load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(f"mnist_cnn_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_precision_inference_counts_the_changed_predictions(monkeypatch):
+    script = load_script("precision_inference")
+    torch.manual_seed(0)
+    model = create_model("seed").eval()
+    test = toy_dataset().test
+    out = script.argmax_changes(model, test.images, test.labels, True)
+    assert out["images"] == 100 and 0 <= out["argmax_changes"] <= 100
+    assert 0 < out["max_abs_logit_difference"] < 0.1  # bf16 really ran, and stayed close
+    # Flip the bf16 logits' order to check the counting itself: every prediction then changes.
+    real = script.predict_logits
+    monkeypatch.setattr(script, "predict_logits",
+                        lambda m, x, **k: real(m, x, **k) * (-1 if torch.is_autocast_enabled("cpu") else 1))
+    flipped = script.argmax_changes(model, test.images, test.labels, True)
+    assert flipped["argmax_changes"] == 100 and len(flipped["changed_indices"]) == 100
+
+
+def test_precision_parity_summary_is_within_one_std_or_not():
+    summary = load_script("precision_parity").summary
+
+    def runs(off, auto):
+        return ([{"preset": "fast", "amp_asked": "off", "test_accuracy": a} for a in off]
+                + [{"preset": "fast", "amp_asked": "auto", "test_accuracy": a} for a in auto])
+
+    assert summary(runs([0.990, 0.992, 0.994], [0.991, 0.993, 0.995]), "fast")["within_one_std"] is True
+    far = summary(runs([0.990, 0.992, 0.994], [0.980, 0.981, 0.982]), "fast")
+    assert far["within_one_std"] is False and far["fp32"]["n"] == far["auto"]["n"] == 3
