@@ -328,14 +328,19 @@ def test_compiled_training_saves_plain_names_and_evaluates(tmp_path, keep_thread
 
 
 # ------------------------------------------------------------------ the bench's precision table
-def load_bench():
+def load_script(name: str):
+    """bench/<name>.py as a module (the bench scripts are not part of the package)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("mnist_cnn_bench", Path(__file__).parents[1] / "bench" / "bench.py")
+    spec = importlib.util.spec_from_file_location(f"mnist_cnn_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_bench():
+    return load_script("bench")
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])
@@ -382,16 +387,6 @@ def test_tune_refuses_an_impossible_amp_before_opening_a_study(emulated, tmp_pat
         prepare(TuneSettings("s", 2, preset="seed", fixed={"amp": "bf16"}, out_dir=tmp_path))
     assert prepare(TuneSettings("s", 2, fixed={"amp": "auto"}, out_dir=tmp_path)).space
     assert not list(tmp_path.iterdir())
-
-
-def load_script(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(f"mnist_cnn_{name}", Path(__file__).parents[1] / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_precision_inference_counts_the_changed_predictions(monkeypatch):
