@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup train test test-fast bench bench-lesson loadtest notebook notebook-run clean
+.PHONY: setup train test test-fast bench bench-time-to-99 bench-parity bench-precision-inference bench-lesson loadtest notebook notebook-run clean
 
 setup: $(STAMP)
 
@@ -28,9 +28,22 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-## Speed benchmark (issue #4): table + bench/results/<date>-<host>.json, ~5 min (ARGS=--quick: ~1 min).
+## Speed benchmark (issue #4), with the fp32-vs-auto precision table of every preset (issue 22):
+## table + bench/results/<date>-<host>.json, ~10 min (ARGS=--quick: ~1 min; ARGS="--sections precision").
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)
+
+## Issue 22, time to 99%: `fast` over 5 seeds at --amp auto (only that section of the bench).
+bench-time-to-99: $(STAMP)
+	$(BIN)/python bench/bench.py --sections time_to_99 --presets fast --seeds 5 $(ARGS)
+
+## Issue 22, accuracy parity: fast and best x seeds 0-2, --amp off against auto (hours on 2 cores).
+bench-parity: $(STAMP)
+	$(BIN)/python bench/precision_parity.py $(ARGS)
+
+## Issue 22, inference precision: argmax changes fp32 vs bf16 and img/s at batch 1000 (ARGS="RUN", or "--network seed").
+bench-precision-inference: $(STAMP)
+	$(BIN)/python bench/precision_inference.py $(ARGS)
 
 ## Load test of `mnist-cnn serve` with wrk (docs/serve.md): make loadtest ARGS="runs/my-run".
 loadtest: $(STAMP)

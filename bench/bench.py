@@ -13,6 +13,12 @@ Measures side by side in ONE process, so noisy shared machines still give fair r
 3. inference   images/s on the 10,000 test images at batch 1000 and single-image latency
                (median, p99 over >= 1000 calls) for PyTorch and ONNX Runtime.
 4. memory      peak RSS of a whole `mnist-cnn train --preset fast` process (ru_maxrss of a child).
+5. precision   ms per training step of every preset, float32 against `--amp auto` (and, with
+               --precision-variants, explicit bf16 or torch.compile), interleaved A B A B, with the
+               CPU flags that decided what `auto` means here (precision.py).
+
+--sections runs a subset (e.g. `--sections time_to_99 --presets fast --seeds 5`: issue 22's time to
+99%). Time to 99% trains at --amp (default auto: bf16 where the CPU does it natively, as `train`).
 
 Prints a table and writes every figure, with machine, versions and thread counts, to
 bench/results/<date>-<host>.json. --quick runs fewer steps and seeds (about a minute).
@@ -40,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_cnn import config as cfg
+from mnist_cnn import precision
 from mnist_cnn.data import load_dataset
 from mnist_cnn.inference import loss_and_accuracy, predict_logits, select_device
 from mnist_cnn.models import create_model
@@ -52,6 +59,8 @@ TARGETS = {"seed_speedup": 2.0, "time_to_99_s": 10.0, "inference_images_per_s": 
 
 
 DEVICE = torch.device("cpu")  # set by --device; data, models and timings live there
+AMP = "auto"                  # set by --amp: the precision time to 99% trains at
+SECTIONS = ("throughput", "time_to_99", "inference", "memory", "precision")
 
 
 def now() -> float:
@@ -147,7 +156,7 @@ def bench_throughput(ds: Any, steps: int, repeats: int) -> dict[str, Any]:
 def time_to_target(preset: str, ds: Any, seed: int) -> dict[str, Any]:
     """Train `preset` with train.py's own `train_epoch`, timing only the training steps; test
     after each epoch (outside the clock) with the weights validation would use (EMA when on)."""
-    config = cfg.make_config(preset, seed=seed)
+    config = cfg.make_config(preset, seed=seed, amp=precision.resolve_amp(AMP, preset, DEVICE))
     seed_everything(config.seed)
     state = TrainState.create(config, ds.class_names, ds.train.images.shape[1], len(ds.train), DEVICE)
     loop = Loop(train_data(ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)), state.model)
@@ -159,7 +168,8 @@ def time_to_target(preset: str, ds: Any, seed: int) -> dict[str, Any]:
         seconds += now() - started
         cpu_seconds += time.process_time() - cpu_started
         state.advance_epoch()
-        accuracy = loss_and_accuracy(state.eval_model, ds.test.images, ds.test.labels)[1]
+        with precision.autocast(DEVICE, config.amp == "bf16"):  # as `mnist-cnn evaluate` would
+            accuracy = loss_and_accuracy(state.eval_model, ds.test.images, ds.test.labels)[1]
         curve.append({"epoch": state.epoch, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
                       "test_accuracy": accuracy})
         if reached is None and accuracy >= TARGET_ACCURACY:
@@ -176,7 +186,7 @@ def bench_time_to_99(preset: str, ds: Any, seeds: int) -> dict[str, Any]:
     config = cfg.make_config(preset)
     return {
         "preset": preset, "model": config.model, "epochs": config.epochs, "batch_size": config.batch_size,
-        "seeds": seeds, "seeds_reaching_99": len(made),
+        "amp": precision.resolve_amp(AMP, preset, DEVICE), "seeds": seeds, "seeds_reaching_99": len(made),
         "seconds_mean": statistics.mean(made) if made else None,
         "seconds_std": statistics.stdev(made) if len(made) > 1 else 0.0,
         "seconds_max": max(made) if made else None,
@@ -274,6 +284,68 @@ def bench_training_process(preset: str, workdir: Path, epochs: int | None, threa
             "note": "" if peak_kib > before else "peak equals an earlier child's; figure is an upper bound"}
 
 
+# ---------------------------------------------------------------- 5. precision and compilation
+
+def precision_variant(name: str, preset: str) -> tuple[str, bool]:
+    """A --precision-variants entry -> (amp "off"/"bf16", compiled). "auto" is what `train` would
+    pick here; "bf16" forces bf16 autocast even where it is emulated (to show what that costs)."""
+    amp, _, extra = name.partition("+")
+    if amp not in ("fp32", "auto", "bf16") or extra not in ("", "compile"):
+        raise SystemExit(f"bench: unknown precision variant {name!r}; use fp32, auto or bf16, each optionally +compile")
+    resolved = {"fp32": "off", "bf16": "bf16"}.get(amp) or precision.resolve_amp("auto", preset, DEVICE)
+    return resolved, extra == "compile"
+
+
+def step_timer(preset: str, ds: Any, amp: str, compiled: bool, steps: int, rounds: int):
+    """A function timing `steps` of `preset`'s real training step (train.py's `run_steps`: its
+    augmentation, EMA and schedule) per call, on its own model; and the warm-up seconds (the
+    compile time when compiled)."""
+    config = cfg.make_config(preset, seed=0, amp=amp, epochs=rounds + 1)
+    seed_everything(0)
+    state = TrainState.for_model(config, ds.class_names, *_model_and_optimizer(config, ds), n_train=steps * config.batch_size)
+    step_model = torch.compile(state.model) if compiled else state.model
+    loop = Loop(train_data(ds.train.images.to(DEVICE), ds.train.labels.to(DEVICE)), step_model)
+    order = torch.randperm(len(ds.train), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    state.model.train()
+
+    def run() -> float:
+        started = now()
+        run_steps(state, loop, order, StepLog(0), time.time())
+        float(state.step_loss.mean())
+        state.advance_epoch()
+        return now() - started
+
+    warm_up = run()  # allocator, kernel choice, and torch.compile's compiling when compiled
+    return run, warm_up
+
+
+def _model_and_optimizer(config: cfg.TrainConfig, ds: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = create_model(config.model, num_classes=len(ds.class_names), in_channels=ds.train.images.shape[1],
+                         depth=config.depth, width=config.width).to(DEVICE, memory_format=torch.channels_last)
+    return model, make_optimizer(config, model)
+
+
+def bench_precision(ds: Any, presets: list[str], variants: list[str], steps: int, rounds: int) -> dict[str, Any]:
+    """ms per training step of each preset under each variant, interleaved (A B A B ...)."""
+    support = precision.bf16_support(DEVICE)
+    rows = []
+    for preset in presets:
+        chosen = {v: precision_variant(v, preset) for v in variants}
+        timers = {v: step_timer(preset, ds, amp, compiled, steps, rounds) for v, (amp, compiled) in chosen.items()}
+        seconds: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(rounds):
+            for v in variants:
+                seconds[v].append(timers[v][0]())
+        ms = {v: 1000 * statistics.median(t) / steps for v, t in seconds.items()}
+        rows.append({"preset": preset, "steps_per_round": steps, "rounds": rounds,
+                     "amp": {v: amp for v, (amp, _) in chosen.items()},
+                     "ms_per_step": ms, "seconds_per_round": seconds,
+                     "warm_up_seconds": {v: t[1] for v, t in timers.items()},
+                     "ratio_to_first": {v: ms[variants[0]] / ms[v] for v in variants}})
+        print(f"  {preset}: " + ", ".join(f"{v} {ms[v]:.1f} ms" for v in variants), flush=True)
+    return {"decided_by": support.as_dict(), "variants": variants, "presets": rows}
+
+
 # ---------------------------------------------------------------- report
 
 def machine_info() -> dict[str, Any]:
@@ -305,38 +377,55 @@ def machine_info() -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
-    t = results["throughput"]
-    rows.append(("seed recipe, library loop (channels_last, tensors)",
-                 f"{t['library_images_per_s']:,.0f} img/s, {t['library_seconds_per_epoch']:.2f} s/epoch"))
-    rows.append(("seed recipe, tutorial loop (DataLoader, NCHW, .item())",
-                 f"{t['tutorial_images_per_s']:,.0f} img/s, {t['tutorial_seconds_per_epoch']:.2f} s/epoch"))
-    rows.append(("  speedup (target >= 2x)", f"{t['speedup']:.2f}x wall, {t['speedup_cpu_seconds']:.2f}x CPU-seconds"))
-    for r in results["time_to_99"]:
+    if "throughput" in results:
+        t = results["throughput"]
+        rows.append(("seed recipe, library loop (channels_last, tensors)",
+                     f"{t['library_images_per_s']:,.0f} img/s, {t['library_seconds_per_epoch']:.2f} s/epoch"))
+        rows.append(("seed recipe, tutorial loop (DataLoader, NCHW, .item())",
+                     f"{t['tutorial_images_per_s']:,.0f} img/s, {t['tutorial_seconds_per_epoch']:.2f} s/epoch"))
+        rows.append(("  speedup (target >= 2x)", f"{t['speedup']:.2f}x wall, {t['speedup_cpu_seconds']:.2f}x CPU-seconds"))
+    for r in results.get("time_to_99", []):
         if r["seconds_mean"] is None:
             when = "never"
         else:
             when = (f"{r['seconds_mean']:.2f} +- {r['seconds_std']:.2f} s (max {r['seconds_max']:.2f}; "
                     f"CPU {r['cpu_seconds_mean']:.2f}, max {r['cpu_seconds_max']:.2f})")
-        rows.append((f"time to 99% test, preset {r['preset']} ({r['model']}, {r['epochs']} ep)",
+        rows.append((f"time to 99% test, preset {r['preset']} ({r['model']}, {r['epochs']} ep, amp {r['amp']})",
                      f"{when}, {r['seeds_reaching_99']}/{r['seeds']} seeds; final "
                      f"{100 * r['final_test_accuracy_mean']:.2f} +- {100 * r['final_test_accuracy_std']:.2f}%"))
     rows.append(("data loading (load_dataset mnist)", f"{results['data_loading_seconds']:.2f} s"))
-    for inf in results["inference"]:
+    for inf in results.get("inference", []):
         for backend in ("pytorch", "onnxruntime"):
             b = inf.get(backend, {})
             if "images_per_s" in b:
                 rows.append((f"inference {inf['model']} {backend}",
                              f"{b['images_per_s']:,.0f} img/s @1000; 1 image {b['latency_median_ms']:.3f} ms "
                              f"median, {b['latency_p99_ms']:.3f} ms p99"))
-    m = results["training_process"]
-    rows.append((f"peak RSS, {m['command'].split(' --out')[0]}",
-                 f"{m['peak_rss_mib']:.0f} MiB; process {m['wall_seconds']:.1f} s wall, epochs "
-                 + " + ".join(f"{s:.2f}" for s in m.get("epoch_seconds", [])) + " s"))
+    if "training_process" in results:
+        m = results["training_process"]
+        rows.append((f"peak RSS, {m['command'].split(' --out')[0]}",
+                     f"{m['peak_rss_mib']:.0f} MiB; process {m['wall_seconds']:.1f} s wall, epochs "
+                     + " + ".join(f"{s:.2f}" for s in m.get("epoch_seconds", [])) + " s"))
+    rows += precision_rows(results.get("precision"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def precision_rows(p: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not p:
+        return []
+    d = p["decided_by"]
+    rows = [("precision: what decided auto", f"{d['reason']} ({d['source']}: {d['cpu_flags']}; torch dispatch "
+                                             f"{d['cpu_capability'] or 'n/a'})")]
+    for r in p["presets"]:
+        first = p["variants"][0]
+        rows.append((f"  ms per step, preset {r['preset']}",
+                     ", ".join(f"{v}{'=' + r['amp'][v] if v.startswith('auto') else ''} {r['ms_per_step'][v]:.1f}"
+                               + ("" if v == first else f" ({r['ratio_to_first'][v]:.2f}x)") for v in p["variants"])))
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and seeds (about a minute); a smoke test")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -344,65 +433,104 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default=None,
                         help="comma-separated presets for time-to-99, the first is the target's (default fast,default; quick: fast)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train and infer")
+    parser.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"),
+                        help="precision of the time-to-99 training runs, as `train --amp` (default auto)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated parts to run (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--precision-presets", default=None,
+                        help="comma-separated presets of the precision table (default every preset; quick: seed,fast)")
+    parser.add_argument("--precision-variants", default="fp32,auto",
+                        help="comma-separated, the first is the ratios' base: fp32, auto, bf16 (forced, even where "
+                             "emulated), each optionally +compile, e.g. fp32,auto,fp32+compile,auto+compile")
+    parser.add_argument("--precision-steps", type=int, default=None,
+                        help="training steps per timed round of the precision table (default 50, quick 5)")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="directory for the JSON results")
     args = parser.parse_args(argv)
-    global DEVICE
+    args.sections = args.sections.split(",")
+    if unknown := set(args.sections) - set(SECTIONS):
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     from mnist_cnn.errors import MnistCnnError
 
+    global DEVICE, AMP
     try:
         DEVICE = select_device(args.device)
+        AMP = args.amp
+        precision.resolve_amp(AMP, "default", DEVICE)  # bf16 where it is emulated: refused now, not mid-bench
     except MnistCnnError as e:
         parser.error(str(e))
+    return args
+
+
+def run_sections(args: argparse.Namespace, ds: Any, results: dict[str, Any]) -> None:
+    quick, seeds = args.quick, args.seeds or (2 if args.quick else 5)
+    if "throughput" in args.sections:
+        print("throughput of the seed recipe ...", flush=True)
+        results["throughput"] = bench_throughput(ds, steps=150 if quick else 550, repeats=3)
+    models: dict[str, torch.nn.Module] = {}
+    if "time_to_99" in args.sections:
+        print(f"time to 99% test accuracy (amp {AMP}) ...", flush=True)
+        presets = args.presets.split(",") if args.presets else ["fast"] if quick else ["fast", "default"]
+        ttt = [bench_time_to_99(p, ds, seeds) for p in presets]
+        models = {r["model"]: r.pop("_model") for r in ttt}
+        results["time_to_99"] = ttt
+    if "inference" in args.sections:
+        print("inference ...", flush=True)
+        if not models:  # untrained networks time the same
+            models = {name: create_model(name).to(DEVICE) for name in ("seed", "fast")}
+        with tempfile.TemporaryDirectory(prefix="mnist-cnn-bench-") as tmp:
+            results["inference"] = [bench_inference(models[name], name, ds, repeats=3, latency_calls=1000,
+                                                    workdir=Path(tmp)) for name in models]
+    if "memory" in args.sections:
+        print("peak memory of a training run ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="mnist-cnn-bench-") as tmp:
+            results["training_process"] = bench_training_process("fast", Path(tmp), epochs=None, threads=args.threads)
+    if "precision" in args.sections:
+        print("precision: ms per training step, interleaved ...", flush=True)
+        presets = (args.precision_presets.split(",") if args.precision_presets
+                   else ["seed", "fast"] if quick else cfg.preset_names())
+        results["precision"] = bench_precision(ds, presets, args.precision_variants.split(","),
+                                               args.precision_steps or (5 if quick else 50), rounds=2 if quick else 3)
+
+
+def targets_met(results: dict[str, Any]) -> dict[str, bool]:
+    met = {}
+    if "throughput" in results:
+        met["seed_speedup"] = results["throughput"]["speedup"] >= TARGETS["seed_speedup"]
+    if results.get("time_to_99"):
+        fast = results["time_to_99"][0]
+        met["time_to_99_s"] = (fast["seeds_reaching_99"] == fast["seeds"] and fast["seconds_max"] is not None
+                               and fast["seconds_mean"] <= TARGETS["time_to_99_s"])
+    backends = [inf[b] for inf in results.get("inference", []) for b in ("pytorch", "onnxruntime")
+                if "images_per_s" in inf.get(b, {})]
+    if backends:
+        met["inference_images_per_s"] = max(b["images_per_s"] for b in backends) >= TARGETS["inference_images_per_s"]
+        met["latency_median_ms"] = min(b["latency_median_ms"] for b in backends) < TARGETS["latency_median_ms"]
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    quick = args.quick
-    seeds = args.seeds or (2 if quick else 5)
-    results: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": quick,
-                               "device": str(DEVICE), "machine": machine_info(), "targets": TARGETS}
+    results: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": args.quick,
+                               "device": str(DEVICE), "amp": AMP, "sections": args.sections,
+                               "machine": machine_info(), "targets": TARGETS}
     print(f"mnist-cnn bench on {results['machine']['cpu']} ({results['machine']['cpus']} CPUs, "
           f"{torch.get_num_threads()} torch threads), load average {results['machine']['load_average_start']}",
           flush=True)
-
     started = now()
     ds = load_dataset("mnist")
     results["data_loading_seconds"] = now() - started
-
-    print("1/4 seed-recipe throughput ...", flush=True)
-    results["throughput"] = bench_throughput(ds, steps=150 if quick else 550, repeats=3)
-
-    print("2/4 time to 99% test accuracy ...", flush=True)
-    presets = args.presets.split(",") if args.presets else ["fast"] if quick else ["fast", "default"]
-    ttt = [bench_time_to_99(p, ds, seeds) for p in presets]
-    models = {r["model"]: r.pop("_model") for r in ttt}
-    results["time_to_99"] = ttt
-
-    print("3/4 inference ...", flush=True)
-    with tempfile.TemporaryDirectory(prefix="mnist-cnn-bench-") as tmp:
-        results["inference"] = [bench_inference(models[name], name, ds, repeats=3, latency_calls=1000, workdir=Path(tmp))
-                                for name in models]
-        print("4/4 peak memory of a training run ...", flush=True)
-        results["training_process"] = bench_training_process("fast", Path(tmp), epochs=None, threads=args.threads)
+    run_sections(args, ds, results)
     results["machine"]["load_average_end"] = os.getloadavg()
     results["bench_seconds"] = now() - started
-
-    t, fast = results["throughput"], results["time_to_99"][0]
-    best_inf = max((inf[b] for inf in results["inference"] for b in ("pytorch", "onnxruntime") if "images_per_s" in inf.get(b, {})),
-                   key=lambda b: b["images_per_s"])
-    results["targets_met"] = {
-        "seed_speedup": t["speedup"] >= TARGETS["seed_speedup"],
-        "time_to_99_s": fast["seeds_reaching_99"] == fast["seeds"] and fast["seconds_max"] is not None
-        and fast["seconds_mean"] <= TARGETS["time_to_99_s"],
-        "inference_images_per_s": best_inf["images_per_s"] >= TARGETS["inference_images_per_s"],
-        "latency_median_ms": min(inf[b]["latency_median_ms"] for inf in results["inference"]
-                                 for b in ("pytorch", "onnxruntime") if "images_per_s" in inf.get(b, {}))
-        < TARGETS["latency_median_ms"],
-    }
+    results["targets_met"] = targets_met(results)
     print()
     print(table(results))
     print(f"targets met: {results['targets_met']}  (bench took {results['bench_seconds']:.0f} s)")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y-%m-%d-%H%M")
-    path = args.out / f"{stamp}-{socket.gethostname()}{'-quick' if quick else ''}.json"
+    path = args.out / f"{stamp}-{socket.gethostname()}{'-quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=1, default=float) + "\n")
     print(f"wrote {path}")
     return 0

@@ -10,6 +10,8 @@ Stand-ins that change no number the run computes, so its weights must equal a pl
 - with DRIVER_SLOW_CHECKPOINT_AT=K, the fsync of the checkpoint temp file written after step K
   prints `writing-checkpoint` and sleeps 60 s first: a test kills the process while the new
   checkpoint is written but not yet renamed over the old one.
+- with DRIVER_EMULATE_NATIVE_BF16=1, the precision policy takes the CPU for one with AMX-BF16, so
+  `--amp bf16` runs (on torch's emulated bf16 kernels) on CPUs without it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mnist_cnn.data  # noqa: E402
+import mnist_cnn.precision  # noqa: E402
 import mnist_cnn.train  # noqa: E402
 from mnist_cnn.cli import main  # noqa: E402
 from synthetic import toy_dataset  # noqa: E402
@@ -62,6 +65,8 @@ def slow_fsync(fd: int) -> None:
 mnist_cnn.data.load_dataset = fake_load_dataset
 mnist_cnn.train.train_step = marked_train_step
 os.fsync = slow_fsync
+if os.environ.get("DRIVER_EMULATE_NATIVE_BF16") == "1":
+    mnist_cnn.precision.cpu_bf16_flags = lambda: ({"amx_bf16": True, "avx512_bf16": False}, "emulated")
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

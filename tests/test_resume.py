@@ -31,6 +31,7 @@ import torch
 
 from mnist_cnn import config as cfg
 from mnist_cnn import fileio  # the atomic write behind save_checkpoint
+from mnist_cnn import precision
 from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.cli import main
 from mnist_cnn.errors import CheckpointError
@@ -68,6 +69,24 @@ def run_in_process(out: Path, name: str, **overrides) -> Path:
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run every killed-and-resumed run must equal (seed 0)."""
     return run_in_process(tmp_path_factory.mktemp("reference"), "ref")
+
+
+# bf16 runs use the CPU's AMX-BF16/AVX512-BF16 kernels where it has them. Elsewhere the driver
+# and the reference pretend it does (DRIVER_EMULATE_NATIVE_BF16): autocast then runs torch's
+# emulated bf16 kernels, slower, but the same resume logic is exercised on every machine.
+NATIVE_BF16 = precision.bf16_support(torch.device("cpu")).native
+BF16_ENV = {} if NATIVE_BF16 else {"DRIVER_EMULATE_NATIVE_BF16": "1"}
+
+
+@pytest.fixture(scope="module")
+def bf16_reference(tmp_path_factory) -> Path:
+    """The uninterrupted --amp bf16 run (seed 0)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if not NATIVE_BF16:
+            mp.setattr(precision, "cpu_bf16_flags", lambda: ({"amx_bf16": True, "avx512_bf16": False}, "emulated"))
+        run = run_in_process(tmp_path_factory.mktemp("bf16-reference"), "ref", amp="bf16")
+    assert read_json(run / "config.json")["amp"] == "bf16"
+    return run
 
 
 class Proc:
@@ -122,8 +141,8 @@ def train_flags(out: Path, name: str, *extra: str) -> list[str]:
     return ["train", "--out", str(out), "--name", name, *TOY_FLAGS, *extra]
 
 
-def resume_to_end(run: Path, tmp: Path) -> Proc:
-    p = Proc(["train", "--resume", run], tmp)
+def resume_to_end(run: Path, tmp: Path, **env: str) -> Proc:
+    p = Proc(["train", "--resume", run], tmp, **env)
     rc = p.finish()
     assert rc == 0, p.stderr()
     assert any(line.startswith(f"Resuming {run} at epoch") for line in p.stdout)
@@ -167,11 +186,15 @@ def checkpoint_steps(every: int) -> set[int]:
 
 
 # ------------------------------------------------------------------ kill -9 and resume
-def test_sigkill_at_a_random_point_then_resume_is_bit_identical(reference, tmp_path):
+@pytest.mark.parametrize("amp", ["auto", "bf16"])  # auto: bf16 where the CPU has it, else float32
+def test_sigkill_at_a_random_point_then_resume_is_bit_identical(request, amp, tmp_path):
+    reference = request.getfixturevalue("bf16_reference" if amp == "bf16" else "reference")
+    env = BF16_ENV if amp == "bf16" else {}
     rng, seed = kill_rng()
     every = 5  # checkpoints at 5, 10, 12, 15, 20, 24, ...: mid-epoch and epoch-end ones
     kill_after = rng.randint(6, 30)
-    p = Proc(train_flags(tmp_path, "run", "--checkpoint-every", str(every)), tmp_path, DRIVER_STEP_DELAY_S="0.05")
+    p = Proc(train_flags(tmp_path, "run", "--checkpoint-every", str(every), "--amp", amp), tmp_path,
+             DRIVER_STEP_DELAY_S="0.05", **env)
     p.wait_for(f"step {kill_after}")
     time.sleep(rng.uniform(0, 0.05))  # anywhere inside the next step or checkpoint
     p.send(signal.SIGKILL)
@@ -183,7 +206,8 @@ def test_sigkill_at_a_random_point_then_resume_is_bit_identical(reference, tmp_p
     # The newest checkpoint at or before the last finished step (or the one before it, when
     # the kill came while that step's checkpoint was being written).
     assert saved in sorted(done)[-2:] and (saved == max(done) or last in done), (seed, last, saved)
-    resume_to_end(run, tmp_path)
+    assert load_checkpoint(run / CHECKPOINT)["config"]["amp"] == read_json(reference / "config.json")["amp"]
+    resume_to_end(run, tmp_path, **env)
     assert_same_run(run, reference)
 
 

@@ -108,11 +108,14 @@ class TrainConfig:
     device: str = setting("auto", "auto = cuda when available, else cpu", ("auto", "cpu", "cuda"))
     threads: int = setting(0, "CPU threads for torch, 0 = torch's default (one per core)")
     channels_last: bool = setting(True, "NHWC memory layout (faster convolutions on CPU)")
-    amp: str = setting("off", "mixed precision on CUDA: bf16 = forward and loss under torch.autocast(bfloat16), "
-                       "weights and optimizer stay float32; refused on CPU (autocast there is for CUDA only)",
-                       ("off", "bf16"))
-    compile: bool = setting(False, "torch.compile the model for training (minutes of compiling first; "
-                            "meant for long GPU runs)")
+    amp: str = setting("auto", "mixed precision: bf16 = forward and loss under torch.autocast(bfloat16), weights, "
+                       "optimizer state and checkpoints stay float32; auto = bf16 where the device does it natively "
+                       "(CUDA, or a CPU with AMX-BF16 or AVX512-BF16), else float32; bf16 is refused where it is "
+                       "emulated (10-100x slower); preset seed always trains in float32 (docs/speed.md)",
+                       ("auto", "off", "bf16"))
+    compile: str = setting("auto", "torch.compile the training model: on, off, or auto = only networks measured to "
+                           "gain from it (resnet), only when the run's steps repay the ~30 s of compiling; never "
+                           "preset seed (docs/speed.md)", ("auto", "on", "off"))
     # Saving.
     checkpoint_every: int = setting(0, "also checkpoint every N optimizer steps (0 = only at epoch ends)")
     preset: str = setting("default", "the preset these values started from (informational)")
@@ -274,6 +277,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if isinstance(value, bool) and "on" in (f.metadata.get("choices") or ()):
+            return "on" if value else "off"  # `compile` was a bool before it had "auto": old checkpoints
         return str(value)
     except (TypeError, ValueError):
         raise UsageError(f"{f.name}: {value!r} is not a valid {kind.split(' ')[0]}") from None
@@ -311,8 +316,6 @@ def validate(c: TrainConfig) -> None:
     need(c.validation_size > 0, f"validation_size must be a positive integer, not {c.validation_size}")
     need(c.train_subset >= 0, f"train_subset must be >= 0 (0 = all), not {c.train_subset}")
     need(c.threads >= 0, f"threads must be >= 0, not {c.threads}")
-    need(not (c.amp == "bf16" and c.device == "cpu"),
-         "amp bf16 needs a CUDA GPU (it is autocast for CUDA only); use --amp off on the CPU")
     need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, not {c.checkpoint_every}")
     need(0 <= c.seed < 2**32, f"seed must be in 0..4294967295 (numpy's seed range), not {c.seed}")
     _validate_augment(c)

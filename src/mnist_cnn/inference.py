@@ -21,6 +21,7 @@ from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.errors import CheckpointError, UsageError, escape_controls
 from mnist_cnn.models import create_model, load_model_state, saved_shape
 from mnist_cnn.runs import CHECKPOINT, read_run_info
+from mnist_cnn import precision
 
 PIXEL_SCALE = 255.0  # uint8 pixel -> [0, 1]: the lesson's input scaling, here and nowhere else
 
@@ -90,13 +91,15 @@ class Classifier:
     run_dir: Path | None = None                # the run a checkpoint.pt belongs to; None for other files
     global_step: int = 0                       # the training step the weights come from (TensorBoard x axis)
     status: str = "unknown"                    # run.json's status for a run, else "unknown"
+    bf16: bool = False                         # run under bf16 autocast (precision.inference_bf16)
     _session: Any = field(default=None, repr=False)
 
     def logits(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """(N, C, 28, 28) uint8 -> (N, classes) float32 logits, on the CPU."""
         if self.model is not None:
-            return predict_logits(self.model, images_u8, batch_size,
-                                  channels_last=bool(self.config.get("channels_last", True))).cpu()
+            with precision.autocast(next(self.model.parameters()).device, self.bf16):
+                return predict_logits(self.model, images_u8, batch_size,
+                                      channels_last=bool(self.config.get("channels_last", True))).cpu()
         out = []
         for i in range(0, len(images_u8), batch_size):
             x = to_input_numpy(images_u8[i:i + batch_size])
@@ -141,8 +144,9 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     # Outputs and status belong to the run only when the file is the run's own checkpoint.
     run_dir = checkpoint.parent if checkpoint.name == CHECKPOINT else None
     status = read_run_info(run_dir)["status"] if run_dir is not None else "unknown"
-    return Classifier(tuple(escape_controls(c) for c in state["class_names"]), dict(state["config"]), path, "run", model=model,
-                      run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status)
+    return Classifier(tuple(escape_controls(c) for c in state["class_names"]), dict(state["config"]), path, "run",
+                      model=model, run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status,
+                      bf16=precision.inference_bf16(dict(state["config"]), torch_device))
 
 
 def _build_model(state: dict[str, Any], source: Path) -> nn.Module:

@@ -27,6 +27,7 @@ from mnist_cnn.fileio import atomic_write_bytes
 from mnist_cnn.inference import select_device, to_input
 from mnist_cnn.models import create_model
 from mnist_cnn.train import train_step
+from mnist_cnn.precision import resolve_amp
 from mnist_cnn.trainstate import make_optimizer, seed_everything
 
 SMOOTHING = 0.98     # EMA factor of the loss per step (~50-step memory)
@@ -60,6 +61,7 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = LrFindSetti
     if dataset is None:
         dataset = data.load_dataset(config.dataset, config.data_dir, config.validation_size)
     device = select_device(config.device)
+    bf16 = resolve_amp(config.amp, config.preset, device) == "bf16"  # the precision the run it sizes trains at
     images, labels = dataset.train.images, dataset.train.labels
     if config.train_subset:
         images, labels = images[:config.train_subset], labels[:config.train_subset]
@@ -78,7 +80,7 @@ def lr_find(config: TrainConfig, dataset: Any = None, start: float = LrFindSetti
             group["lr"] = lr
         idx = torch.randint(0, len(labels), (config.batch_size,), generator=order)
         x = augment(to_input(images[idx].to(device), config.channels_last), config.augment)
-        loss, _ = train_step(model, optimizer, x, labels[idx].to(device), config.label_smoothing)
+        loss, _ = train_step(model, optimizer, x, labels[idx].to(device), config.label_smoothing, amp=bf16)
         return loss.item()  # one sync per step: the stop rule needs the value now
 
     result = sweep(start, end, steps, step_loss)

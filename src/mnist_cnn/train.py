@@ -11,10 +11,12 @@ sits behind `loop.strategy` (distributed.py); what is written to the run directo
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import signal
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn import config as cfg
-from mnist_cnn import distributed
+from mnist_cnn import compilation, distributed, precision
 from mnist_cnn.augment import augment
 from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.config import TrainConfig
@@ -106,8 +108,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step. Returns (mean loss, number correct) as 0-d tensors: no host sync.
 
-    amp: forward and loss in bfloat16 autocast (CUDA only; bf16 needs no gradient scaler)."""
-    with torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext():
+    amp: forward and loss under bfloat16 autocast on the images' device; the backward pass and the
+    update stay float32 (bf16 has float32's exponent range, so it needs no gradient scaler)."""
+    with precision.autocast(images.device, amp):
         logits = model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -132,7 +135,10 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
     config = resumable_checkpoint(saved, resume_dir / CHECKPOINT) if saved else config or cfg.make_config()
     # Under torchrun this process is one rank of several: it joins the group, and only rank 0
     # writes the run directory and prints.
-    strategy = distributed.make_strategy(_device(config))
+    device = select_device(config.device)
+    # The precision policy resolved once ("auto" -> "off"/"bf16"): config.json and the checkpoint keep it.
+    config = dataclasses.replace(config, amp=precision.resolve_amp(config.amp, config.preset, device, bool(saved)))
+    strategy = distributed.make_strategy(device)
     try:
         print_fn = print_fn if strategy.is_main else _print_nothing
         if config.threads:
@@ -143,12 +149,17 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
         # From here a failure is recorded in run.json; one before the first checkpoint leaves the name free.
         with training_run(run_dir, strategy.is_main, saved and saved["global_step"], strategy.barrier) as run:
             data = prepare_data(config, dataset, strategy.device)
-            run.write_json("environment.json", {**environment_info(strategy.device, config.seed),
-                                                "data_source": data.source, "world_size": strategy.info.world_size})
             state = TrainState.create(config, data.class_names, data.train_x.shape[1], len(data.train_y),
                                       strategy.device)
             if saved:
                 state.load_state_dict(saved, run_dir / CHECKPOINT)
+            state.config = _resolved_compile(state, data, strategy, print_fn, resumed=bool(saved))
+            if not saved:
+                run.write_json("config.json", cfg.to_dict(state.config))  # with amp and compile resolved
+            run.write_json("environment.json", {**environment_info(strategy.device, config.seed),
+                                                "data_source": data.source, "world_size": strategy.info.world_size,
+                                                **precision.precision_info(state.config.amp, strategy.device),
+                                                "compile": state.config.compile})
             result = _train_run(state, data, run, strategy, print_fn, progress, stop_after_steps, on_epoch_end)
             run.set_status("stopped" if result.stopped_early else "complete")
         strategy.barrier()  # leave the group together (rank 0 was still plotting)
@@ -164,7 +175,7 @@ def _train_run(state: TrainState, data: TrainData, run: TrainingRun, strategy: S
     logger = _open_logger(state, data, run, print_fn, progress)
     state.model.train()
     step_model = strategy.wrap(state.model)  # DDP under torchrun, else the model
-    if state.config.compile:  # compiles on the first step (tens of seconds); checkpoints keep `model`'s plain names
+    if state.config.compile == "on":  # compiles on the first step (tens of seconds); checkpoints keep `model`'s plain names
         step_model = torch.compile(step_model)
     with stop_on_signals() as stop:
         loop = Loop(data, step_model, strategy, run, logger, stop, stop_after_steps)
@@ -175,8 +186,9 @@ def _train_run(state: TrainState, data: TrainData, run: TrainingRun, strategy: S
             logger.close()
     if run.writes:
         val_x, val_y = data.validation_x[:2000], data.validation_y[:2000]
-        predicted = predict_logits(state.eval_model, val_x.to(strategy.device),
-                                   channels_last=state.config.channels_last).argmax(1).cpu()
+        with precision.autocast(strategy.device, state.config.amp == "bf16"):
+            predicted = predict_logits(state.eval_model, val_x.to(strategy.device),
+                                       channels_last=state.config.channels_last).argmax(1).cpu()
         closing_report(run.dir, state.history, (val_x, val_y, predicted), data.class_names, print_fn)
     return TrainResult(run.dir, state.history, state.eval_model, state.config, stopped_early)
 
@@ -260,9 +272,11 @@ def log_steps(state: TrainState, loop: Loop, log: StepLog) -> None:
 
 
 def validate(state: TrainState, loop: Loop) -> tuple[float, float]:
-    """(mean loss, accuracy) of the weights being evaluated on the validation split."""
-    return loop.strategy.loss_and_accuracy(state.eval_model, loop.data.validation_x, loop.data.validation_y,
-                                  state.config.channels_last)
+    """(mean loss, accuracy) of the weights being evaluated on the validation split, at the
+    run's precision (what evaluate does with the saved run, where the device has native bf16)."""
+    with precision.autocast(loop.strategy.device, state.config.amp == "bf16"):
+        return loop.strategy.loss_and_accuracy(state.eval_model, loop.data.validation_x, loop.data.validation_y,
+                                               state.config.channels_last)
 
 
 def end_epoch(state: TrainState, loop: Loop, started: float) -> EpochRecord:
@@ -326,11 +340,35 @@ def _check_batch_fits(batch_size: int, n_train: int) -> None:
         raise UsageError(f"batch_size {batch_size} is larger than the training set ({n_train} images)")
 
 
-def _device(config: TrainConfig) -> torch.device:
-    device = select_device(config.device)
-    if config.amp == "bf16" and device.type != "cuda":  # config.validate catches device=cpu; this, auto
-        raise UsageError("amp bf16 needs a CUDA GPU and none is available; use --amp off on the CPU")
-    return device
+def _resolved_compile(state: TrainState, data: TrainData, strategy: SingleProcess,
+                      print_fn: Callable[[str], None], resumed: bool) -> TrainConfig:
+    """The config with its compile choice resolved to "on"/"off" (the main process decides for all)."""
+    config = state.config
+    if resumed:
+        choice = compilation.resume_compile(config.compile, strategy.device, print_fn)
+    else:
+        steps_left = state.steps_per_epoch * config.epochs
+        choice = compilation.resolve_compile(config.compile, config.preset, config.model, steps_left,
+                                             strategy.device, lambda: _eager_step_seconds(state, data))
+        choice = "on" if strategy.main_decides(choice == "on") else "off"
+    return dataclasses.replace(config, compile=choice)
+
+
+def _eager_step_seconds(state: TrainState, data: TrainData, steps: int = 3) -> float:
+    """Seconds per eager training step, timed on copies of the model and optimizer with the first
+    batch, after one warm-up step; the run's weights and random streams are left untouched."""
+    model, optimizer = copy.deepcopy((state.model, state.optimizer))
+    images = to_input(data.train_x[:state.config.batch_size], state.config.channels_last)
+    labels, amp = data.train_y[:state.config.batch_size], state.config.amp == "bf16"
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws from them
+        model.train()
+        train_step(model, optimizer, images, labels, amp=amp)
+        started = time.perf_counter()
+        for _ in range(steps):
+            loss, _ = train_step(model, optimizer, images, labels, amp=amp)
+        float(loss)  # waits for the GPU's queued steps
+        return (time.perf_counter() - started) / steps
 
 
 def _resume_point(resume: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -19,6 +19,8 @@ from mnist_cnn import config as cfg
 from mnist_cnn.config import TuneSettings
 from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
 from mnist_cnn.errors import MnistCnnError, UsageError
+from mnist_cnn.inference import select_device
+from mnist_cnn.precision import resolve_amp
 from mnist_cnn.train import train
 from mnist_cnn.tune.report import StudyReport, write_report
 from mnist_cnn.tune.space import Param, check_space, default_space, format_space, integer_fields, read_space_file, suggest
@@ -49,7 +51,8 @@ def prepare(settings: TuneSettings) -> StudyPlan:
         raise UsageError("--trials and --jobs must be positive integers")
     if settings.timeout is not None and settings.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {settings.timeout:g}")
-    cfg.make_config(settings.preset, **settings.fixed)  # the fixed part alone must be a valid config
+    fixed = cfg.make_config(settings.preset, **settings.fixed)  # the fixed part alone must be a valid config
+    resolve_amp(fixed.amp, fixed.preset, select_device(fixed.device))  # a refused --amp fails now, not every trial
     space = (read_space_file(settings.space_file) if settings.space_file
              else default_space(settings.preset, settings.fixed))
     check_space(space, settings.preset, settings.fixed)
