@@ -84,7 +84,7 @@ def expected(run: Path, images: list[bytes]) -> list[np.ndarray]:
 # ---------------------------------------------------------------- good requests
 def test_good_image_gets_probabilities_class_names_and_the_28x28_input(server, toy_run):
     image = drawing()
-    status, answer = post_json(server, image)
+    status, answer = server.post_json(image, path="/api/predict?view=1")
     assert status == 200
     assert answer["class_names"] == list(FASHION)                 # the run's names, not digits
     probs = np.array(answer["probabilities"])
@@ -96,6 +96,9 @@ def test_good_image_gets_probabilities_class_names_and_the_28x28_input(server, t
     seen = Image.open(io.BytesIO(png))
     assert (seen.format, seen.mode, seen.size) == ("PNG", "L", (28, 28))
     assert np.array_equal(np.asarray(seen), preprocess(image).image[0].numpy())
+    status, plain = post_json(server, image)              # API clients get the view only when they ask
+    assert status == 200 and "image" not in plain and plain["probabilities"] == answer["probabilities"]
+    assert set(plain) == {"prediction", "label", "probabilities", "class_names", "inverted", "ms"}
 
 
 def test_data_url_json_raw_bytes_and_jpeg_agree(server):
@@ -262,7 +265,7 @@ def test_batch_route_answers_each_image_in_order(server, toy_run):
     images = [drawing(x0=40), drawing(x0=100, width=20), b"hello"]
     urls = ["data:image/png;base64," + base64.b64encode(im).decode() for im in images]
     status, answer = server.post_json(json.dumps({"images": urls}).encode(), {"Content-Type": "application/json"},
-                                      path="/api/predict/batch")
+                                      path="/api/predict/batch?view=1")
     assert status == 200 and len(answer["results"]) == 3
     for got, want in zip(answer["results"][:2], expected(toy_run, images[:2])):
         np.testing.assert_allclose(got["probabilities"], want, atol=2e-6)

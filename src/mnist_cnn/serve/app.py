@@ -4,6 +4,7 @@
     GET  /api/info            Info: run, model, dataset, status, class_names, max_upload_bytes
     POST /api/predict         raw image bytes, a data URL, or JSON {"image": data URL} -> Prediction
     POST /api/predict/batch   JSON {"images": [data URL, ...]} (1-64) -> {"results": [Prediction | Error]}
+                              (both with ?view=1: each Prediction carries the 28x28 view as a PNG)
     GET  /docs, /openapi.json the API described (Swagger UI loads its script from a CDN)
     errors                    Error {"error": "one line", "status": N}
 
@@ -56,7 +57,7 @@ class Prediction(BaseModel):
     label: str = Field(description="its name, class_names[prediction]")
     probabilities: list[float] = Field(description="one per class, summing to 1 (rounded to 6 decimals)")
     class_names: list[str]
-    image: str = Field(description="the 28x28 view the network saw, as a PNG data URL")
+    image: str | None = Field(None, description="the 28x28 view the network saw, as a PNG data URL; only with ?view=1")
     inverted: bool = Field(description="true when the input had dark ink on a light background")
     ms: float = Field(description="server time for decoding, preprocessing and the forward pass, ms")
 
@@ -91,16 +92,19 @@ ERRORS = {code: {"model": Error, "description": text} for code, text in {
     400: "malformed body", 403: "cross-origin request", 408: "body too slow", 411: "no Content-Length",
     413: "body over the limit", 421: "Host not allowed", 422: "not a usable image", 429: "too many large uploads at once",
 }.items()}
+VIEW_PARAMETER = {"name": "view", "in": "query", "required": False, "schema": {"type": "integer", "enum": [0, 1]},
+                  "description": "1: add the 28x28 view the network saw (`image`) to each answer; the page asks for it"}
 IMAGE_TYPES = {f"image/{f.lower()}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS}
-PREDICT_BODY = {"requestBody": {"required": True, "content": {
+PREDICT_BODY = {"parameters": [VIEW_PARAMETER], "requestBody": {"required": True, "content": {
     "application/json": {"schema": PredictJSON.model_json_schema()},
     **IMAGE_TYPES, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     "text/plain": {"schema": {"type": "string", "description": "a data URL"}}}}}
-BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}}
+BATCH_BODY = {"parameters": [VIEW_PARAMETER], "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}}
 
 
 def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(obj), status, {"Cache-Control": "no-store", **(headers or {})}, "application/json")
+    """`obj` as JSON (a str is taken as JSON text already)."""
+    return Response(obj if isinstance(obj, str) else json.dumps(obj), status, {"Cache-Control": "no-store", **(headers or {})}, "application/json")
 
 
 def create_app(config: ServeConfig, predictor: Predictor | None = None,
@@ -132,14 +136,14 @@ def add_prediction_routes(app: FastAPI, predictor: Predictor, limiter: anyio.Cap
     """POST /api/predict and /api/predict/batch: prepare (inline or in a thread), batch, answer."""
     batcher = Batcher(predictor.probabilities)
 
-    def prepare_one(body: bytes, content_type: str) -> Prepared:
-        return predictor.prepare(image_bytes_from_body(body, content_type))
+    def prepare_one(body: bytes, content_type: str, view: bool) -> Prepared:
+        return predictor.prepare(image_bytes_from_body(body, content_type), view)
 
-    def prepare_batch(body: bytes) -> list[Prepared | ImageError]:
+    def prepare_batch(body: bytes, view: bool) -> list[Prepared | ImageError]:
         out: list[Prepared | ImageError] = []
         for data in batch_images_from_body(body):
             try:
-                out.append(predictor.prepare(data))
+                out.append(predictor.prepare(data, view))
             except ImageError as e:
                 out.append(e)
         return out
@@ -147,27 +151,32 @@ def add_prediction_routes(app: FastAPI, predictor: Predictor, limiter: anyio.Cap
     @app.post("/api/predict", response_model=Prediction, responses=ERRORS, openapi_extra=PREDICT_BODY,
               summary="Classify one image")
     async def predict(request: Request) -> Response:
-        body, ctype = await request.body(), request.headers.get("content-type", "")
+        body, ctype, view = await request.body(), request.headers.get("content-type", ""), wants_view(request)
         if len(body) <= INLINE_BODY:
             data = image_bytes_from_body(body, ctype)
             size = png_size(data)
             if size is not None and size[0] * size[1] <= INLINE_PIXELS:
-                prepared = predictor.prepare(data)
+                prepared = predictor.prepare(data, view)
             else:
-                prepared = await anyio.to_thread.run_sync(predictor.prepare, data, limiter=limiter)
+                prepared = await anyio.to_thread.run_sync(predictor.prepare, data, view, limiter=limiter)
         else:
-            prepared = await anyio.to_thread.run_sync(prepare_one, body, ctype, limiter=limiter)
+            prepared = await anyio.to_thread.run_sync(prepare_one, body, ctype, view, limiter=limiter)
         probs = await batcher.run(prepared.image[None])
-        return json_response(200, predictor.answer(prepared, probs[0]))
+        return json_response(200, predictor.answer_json(prepared, probs[0]))
 
     @app.post("/api/predict/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY,
               summary=f"Classify 1 to {MAX_BATCH} images")
     async def batch(request: Request) -> Response:
-        prepared = await anyio.to_thread.run_sync(prepare_batch, await request.body(), limiter=limiter)
+        prepared = await anyio.to_thread.run_sync(prepare_batch, await request.body(), wants_view(request), limiter=limiter)
         good = [p for p in prepared if isinstance(p, Prepared)]
         rows = iter(await batcher.run(torch.stack([p.image for p in good])) if good else [])
         return json_response(200, {"results": [{"error": str(p), "status": 422} if isinstance(p, ImageError)
                                                else predictor.answer(p, next(rows)) for p in prepared]})
+
+
+def wants_view(request: Request) -> bool:
+    """?view=1 (or true): the client wants the 28x28 view in each answer (a PNG, ~0.1 ms each)."""
+    return request.query_params.get("view", "").lower() in ("1", "true")
 
 
 def add_page_routes(app: FastAPI) -> None:
