@@ -86,7 +86,7 @@ def test_dark_or_light_ink_is_told_from_the_departures_not_the_border():
     dark[20:80, 60:66] -= 0.15
     light = shade.copy()
     light[20:80, 60:66] += 0.25
-    back = ink.median_background(shade, 41)
+    back = ink.median_background(shade, 41, step=1)
     assert ink.dark_ink(dark - back, dark) and not ink.dark_ink(light - back, light)
 
 

@@ -143,19 +143,29 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 
 def mnist_style(gray: np.ndarray, name: str = "image") -> Preprocessed:
     """Grey (H, W) in [0, 1] -> MNIST-style 28x28: ink white on black, box 20 px, centred by mass."""
-    if gray.shape == (FIELD, FIELD):
-        # The background is the commoner tone along the border; a light one means dark ink.
-        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-        inverted = bool(np.median(border) > 0.5)
-        ink = 1.0 - gray if inverted else gray
-        if already_mnist(ink):
-            return Preprocessed(to_field(ink), inverted)
-    soft, inverted = ink_only(gray, name)
-    box = analysis_view(crop_to_ink(soft, trim=TRIM, level=0.5))
-    field = to_field(place_in_field(crop_to_ink(box)))
+    if max(gray.shape) <= FIELD:
+        field, inverted = small_image(gray, name)
+    else:
+        soft, inverted = ink_only(gray, name)
+        field = to_field(place_in_field(crop_to_ink(analysis_view(crop_to_ink(soft, trim=TRIM, level=0.5)))))
     if not field.any():  # ink too faint or too small to survive the 20 px box
         raise ImageError(f"{name} has no visible ink (blank or uniform image)")
     return Preprocessed(field, inverted)
+
+
+def small_image(gray: np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
+    """An image no larger than 28x28 is not a photo: MNIST's plain recipe only (invert a light
+    border, crop, 20 px box, centre of mass), and one already in MNIST's form is used as sent."""
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    inverted = bool(np.median(border) > 0.5)
+    ink = 1.0 - gray if inverted else gray
+    if gray.shape == (FIELD, FIELD) and already_mnist(ink):
+        return to_field(ink), inverted
+    ink = np.clip(ink - np.median(border if not inverted else 1.0 - border), 0.0, None)
+    peak = float(ink.max())
+    if peak < 0.1:
+        raise ImageError(f"{name} has no visible ink (blank or uniform image)")
+    return to_field(place_in_field(crop_to_ink(ink / peak))), inverted
 
 
 def already_mnist(ink: np.ndarray) -> bool:

@@ -8,7 +8,7 @@
     GET  /docs, /openapi.json the API described (Swagger UI loads its script from a CDN)
     errors                    Error {"error": "one line", "status": N}
 
-Decoding and preprocessing of anything but a small PNG run in worker threads, at most
+Decoding and preprocessing of anything but a PNG of at most 28x28 run in worker threads, at most
 `concurrency` at once per process (each may hold tens of MB); forward passes run on batches
 gathered across requests (batching.py). The rules every
 request passes first (Host, origin, body limits) are in guard.py.
@@ -45,11 +45,12 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 POST_ROUTES = ("/api/predict", "/api/predict/batch")
-# A body this small is parsed on the event loop, and a PNG this small (the page's 280x280 canvas
-# is 78,400 px) preprocessed there too: about a millisecond, less than a hop to a worker thread
-# and back costs under load. Anything larger goes to the threads, `concurrency` at a time.
+# A body this small is parsed on the event loop, and a PNG of at most 28x28 preprocessed there too
+# (MNIST's plain recipe, or nothing for an image already in MNIST's form): well under a
+# millisecond, less than a hop to a worker thread and back costs under load. Anything larger (the
+# page's 280x280 canvas included) gets the photo steps, ~10-20 ms, in the threads, `concurrency` at a time.
 INLINE_BODY = 64 << 10
-INLINE_PIXELS = 160_000
+INLINE_PIXELS = 28 * 28
 
 
 class Prediction(BaseModel):
