@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py $(ARGS)
 
-## Load test of `mnist-cnn serve` with wrk (docs/serve.md): make loadtest ARGS="runs/my-run".
+## Load test of `mnist-cnn serve` beside the framework's ceiling, with wrk (docs/serve.md): make loadtest ARGS="runs/my-run".
 loadtest: $(STAMP)
 	$(BIN)/python bench/loadtest.py $(ARGS)
 
