@@ -101,6 +101,25 @@ def test_good_image_gets_probabilities_class_names_and_the_28x28_input(server, t
     assert set(plain) == {"prediction", "label", "probabilities", "class_names", "inverted", "ms"}
 
 
+def test_predictor_runs_onnx_runtime_with_pytorch_classes_and_writes_the_same_json(toy_run, monkeypatch):
+    from mnist_cnn.serve.predictor import Predictor
+
+    predictor = Predictor(toy_run, "cpu")
+    assert predictor.device == "cpu (ONNX Runtime)"
+    images = torch.randint(0, 256, (64, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    got = np.array(predictor.probabilities(images))
+    want = predictor.classifier.probabilities(images).numpy()
+    assert np.array_equal(got.argmax(1), want.argmax(1)) and np.abs(got - want).max() < 1e-5
+    for view in (True, False):
+        prepared = predictor.prepare(drawing(), view=view)
+        answer = predictor.answer(prepared, got[0].tolist())
+        written = json.loads(predictor.answer_json(prepared, got[0].tolist()))
+        assert written.pop("ms") >= 0 and answer.pop("ms") >= 0 and written == answer
+        assert ("image" in written) == view
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)      # not installed: PyTorch serves
+    assert Predictor(toy_run, "cpu").device == torch.device("cpu")
+
+
 def test_data_url_json_raw_bytes_and_jpeg_agree(server):
     png = drawing()
     _, raw = post_json(server, png)
