@@ -1,9 +1,9 @@
 """Finding a digit's ink in a grey picture: the steps `preprocess` uses before MNIST's geometry.
 
 A photo's paper is not one tone: light falls off across the page, a hand casts a shadow, the
-paper has texture. So the background is estimated (a grey-level opening: what is left when every
-bright structure narrower than a stroke is removed), subtracted, and the ink told from the paper by
-Otsu's threshold. Printed digits add two things MNIST's pen never made: strokes much thinner or
+paper has texture. So the paper's level is estimated (a median over windows wider than strokes),
+the ink is what departs from it (darker or lighter, whichever departs more), and Otsu's threshold,
+kept above the paper's grain, tells ink from paper. Printed digits add two things MNIST's pen never made: strokes much thinner or
 thicker than MNIST's (~2.8 px in the 20 px box, the median over its training set), and outline
 faces, where only a glyph's contour is drawn. Both are undone here on a mask 4x the final size.
 
@@ -28,10 +28,9 @@ def _pool(image: np.ndarray, size: int, reduce_max: bool) -> np.ndarray:
         return image
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None, None]
     x = x if reduce_max else -x
-    pad = size // 2
-    x = F.max_pool2d(x, (1, size), stride=1, padding=(0, pad)) if size <= 2 * x.shape[-1] else x
-    x = F.max_pool2d(x, (size, 1), stride=1, padding=(pad, 0)) if size <= 2 * x.shape[-2] else x
-    x = x[..., :image.shape[0], :image.shape[1]]
+    pad = size // 2                                  # odd size: the output keeps the input's shape
+    x = F.max_pool2d(x, (1, size), stride=1, padding=(0, pad))
+    x = F.max_pool2d(x, (size, 1), stride=1, padding=(pad, 0))
     return (x if reduce_max else -x)[0, 0].numpy()
 
 
@@ -41,12 +40,6 @@ def dilate(image: np.ndarray, size: int) -> np.ndarray:
 
 def erode(image: np.ndarray, size: int) -> np.ndarray:
     return _pool(image, size | 1, False)
-
-
-def background(ink: np.ndarray, size: int) -> np.ndarray:
-    """The grey-level opening of `ink` by a size x size square: its background without any bright
-    structure narrower than `size`. Smooth light and straight shadow edges pass through unchanged."""
-    return dilate(erode(ink, size), size)
 
 
 def median_background(ink: np.ndarray, size: int, step: int = 2) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 MNIST digits are white ink on black, the ink's bounding box scaled so its longer side is 20 px
 (aspect kept, anti-aliased), then placed in a 28x28 field so that the ink's centre of mass sits
-at the centre. We redo exactly that for any picture: photo, scan, drawing on a web canvas.
+at the centre. We redo exactly that for any picture: photo, scan, drawing on a web canvas. For a
+picture larger than 28x28 the ink is first found as ink.py says (paper level, Otsu's threshold,
+outline faces filled, strokes brought to MNIST's width); docs/inspect.md ("Photos") has figures.
 """
 from __future__ import annotations
 
@@ -147,7 +149,8 @@ def mnist_style(gray: np.ndarray, name: str = "image") -> Preprocessed:
         field, inverted = small_image(gray, name)
     else:
         soft, inverted = ink_only(gray, name)
-        field = to_field(place_in_field(crop_to_ink(analysis_view(crop_to_ink(soft, trim=TRIM, level=0.5)))))
+        box = crop_to_ink(soft, trim=TRIM, level=0.5)         # the ink's box, stray specks left out
+        field = to_field(place_in_field(crop_to_ink(analysis_view(box))))
     if not field.any():  # ink too faint or too small to survive the 20 px box
         raise ImageError(f"{name} has no visible ink (blank or uniform image)")
     return Preprocessed(field, inverted)
@@ -161,7 +164,7 @@ def small_image(gray: np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
     ink = 1.0 - gray if inverted else gray
     if gray.shape == (FIELD, FIELD) and already_mnist(ink):
         return to_field(ink), inverted
-    ink = np.clip(ink - np.median(border if not inverted else 1.0 - border), 0.0, None)
+    ink = np.clip(ink - np.median(1.0 - border if inverted else border), 0.0, None)
     peak = float(ink.max())
     if peak < 0.1:
         raise ImageError(f"{name} has no visible ink (blank or uniform image)")
