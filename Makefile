@@ -45,7 +45,7 @@ bench-parity: $(STAMP)
 bench-precision-inference: $(STAMP)
 	$(BIN)/python bench/precision_inference.py $(ARGS)
 
-## Load test of `mnist-cnn serve` with wrk (docs/serve.md): make loadtest ARGS="runs/my-run".
+## Load test of `mnist-cnn serve` beside the framework's ceiling, with wrk (docs/serve.md): make loadtest ARGS="runs/my-run".
 loadtest: $(STAMP)
 	$(BIN)/python bench/loadtest.py $(ARGS)
 

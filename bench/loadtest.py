@@ -1,12 +1,18 @@
-"""Load test for `mnist-cnn serve` (issue #13): wrk POSTing a 28x28 PNG to /api/predict.
+"""Load test for `mnist-cnn serve` (issues #13, #24): wrk POSTing a 28x28 PNG to /api/predict,
+beside the framework's own ceiling, in one run.
 
-    python bench/loadtest.py RUN                                   # the new server, 1 and 2 workers
+    python bench/loadtest.py RUN                 # ceiling and serve, --workers 2 each
+    python bench/loadtest.py RUN --workers 1 --duration 3
     python bench/loadtest.py RUN --target old='PYTHONPATH=/tmp/oldserve/src python -m mnist_cnn serve {run} --port {port} --device cpu'
 
-Each target is a shell command with {run} and {port}; it is started here on 127.0.0.1, waited for,
-warmed up, measured with `wrk --latency -t2 -c20 -d10s` (loopback only, fixed duration, stops by
-itself), and stopped. Reports requests/s, latency p50/p90/p99, errors and non-2xx answers, and the
-server's RSS (the process and its children) before and after. Prints a table and writes
+The default targets: "ceiling", a FastAPI route that reads the body and returns a constant JSON
+(bench/ceiling_app.py) on uvicorn with the same workers, httptools and uvloop; "serve", `mnist-cnn
+serve RUN --workers N`; "serve ?view=1", the same asked for the 28x28 view as the page does. Each
+target is a shell command with {run}, {port} and {workers}; it is started here on 127.0.0.1,
+waited for, warmed up, measured with `wrk --latency -t2 -c20 -d10s` (loopback only, fixed
+duration, stops by itself), and stopped. Reports requests/s and its ratio to the ceiling's,
+latency p50/p90/p99, errors and non-2xx answers, the server's RSS (the process and its children)
+before and after, and its CPU time per request. Prints a table and writes
 bench/results/serve-<date>-<host>.json. Needs `wrk` (Debian: apt-get install wrk).
 """
 from __future__ import annotations
@@ -31,7 +37,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-NEW = f"{sys.executable} -m mnist_cnn serve {{run}} --port {{port}} --device cpu"
+NEW = f"{sys.executable} -m mnist_cnn serve {{run}} --port {{port}} --device cpu --workers {{workers}}"
+CEILING = (f"{sys.executable} -m uvicorn ceiling_app:app --app-dir bench --host 127.0.0.1 --port {{port}} "
+           "--workers {workers} --http httptools --loop uvloop --no-access-log --log-level warning")
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "image/png"
 local f = assert(io.open("{path}", "rb"))
@@ -41,7 +49,7 @@ f:close()
 
 
 def digit_png() -> bytes:
-    """A 28x28 grey '7', white on black, as MNIST draws it (~150 bytes of PNG)."""
+    """A 28x28 grey '7', white on black (~150 bytes of PNG)."""
     im = Image.new("L", (28, 28), 0)
     ImageDraw.Draw(im).line([(8, 7), (20, 7), (12, 22)], fill=255, width=3)
     buf = io.BytesIO()
@@ -127,18 +135,19 @@ def parse_wrk(out: str) -> dict:
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def measure(name: str, command: str, run: str, args: argparse.Namespace, lua: Path, body: bytes) -> dict:
+def measure(name: str, command: str, path: str, args: argparse.Namespace, lua: Path, body: bytes) -> dict:
     port = free_port()
-    cmd = command.format(run=run, port=port)
+    cmd = command.format(run=args.run, port=port, workers=args.workers)
+    url = f"http://127.0.0.1:{port}{path}"
     proc = subprocess.Popen(cmd, shell=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         wait_ready(port, proc, body)
-        subprocess.run(["wrk", "-t2", "-c20", "-d2s", "-s", str(lua), f"http://127.0.0.1:{port}/api/predict"],
+        subprocess.run(["wrk", "-t2", "-c20", f"-d{args.warmup}s", "-s", str(lua), url],
                        capture_output=True, check=True)                      # warm-up, not reported
         rss_before, cpu_before = tree_rss_mb(proc.pid), tree_cpu_s(proc.pid)
         out = subprocess.run(["wrk", "--latency", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
-                              "-s", str(lua), f"http://127.0.0.1:{port}/api/predict"],
+                              "-s", str(lua), url],
                              capture_output=True, text=True, check=True, timeout=args.duration + 60).stdout
         rss_after, cpu_after = tree_rss_mb(proc.pid), tree_cpu_s(proc.pid)
     finally:
@@ -150,7 +159,7 @@ def measure(name: str, command: str, run: str, args: argparse.Namespace, lua: Pa
             proc.wait()
     result = parse_wrk(out)
     result["server_cpu_ms_per_request"] = round((cpu_after - cpu_before) * 1000 / max(result["requests"], 1), 3)
-    return {"name": name, "command": cmd, **result, "rss_before_mb": round(rss_before, 1),
+    return {"name": name, "command": cmd, "path": path, **result, "rss_before_mb": round(rss_before, 1),
             "rss_after_mb": round(rss_after, 1), "wrk_output": out}
 
 
@@ -158,9 +167,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="run directory (or .onnx) every target serves")
     p.add_argument("--target", action="append", default=[], metavar="NAME=COMMAND",
-                   help="a server command with {run} and {port} (repeatable; default: the new server "
-                        "with --workers 1 and --workers 2)")
+                   help="a server command with {run}, {port} and {workers} (repeatable; default: the "
+                        "ceiling, serve, and serve asked for the view with ?view=1)")
+    p.add_argument("--workers", type=int, default=2, help="server processes of each default target (default: 2)")
     p.add_argument("--duration", type=int, default=10, help="seconds of load per target (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, help="seconds of unreported load first (default: 2)")
     p.add_argument("--connections", type=int, default=20)
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default: 2)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/serve-<date>-<host>.json)")
@@ -168,23 +179,28 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("loadtest: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
-    targets = [t.split("=", 1) for t in args.target] or [["new --workers 1", NEW + " --workers 1"],
-                                                          ["new --workers 2", NEW + " --workers 2"]]
+    targets = ([(*t.split("=", 1), "/api/predict") for t in args.target]
+               or [("ceiling", CEILING, "/api/predict"), ("serve", NEW, "/api/predict"),
+                   ("serve ?view=1", NEW, "/api/predict?view=1")])
     body = digit_png()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "digit.png").write_bytes(body)
         lua = Path(tmp) / "post.lua"
         lua.write_text(LUA.format(path=Path(tmp) / "digit.png"))
-        for name, command in targets:
+        for name, command, path in targets:
             print(f"loadtest: {name} ...", file=sys.stderr, flush=True)
-            rows.append(measure(name, command, args.run, args, lua, body))
+            rows.append(measure(name, command, path, args, lua, body))
+    ceiling = next((r["requests_per_s"] for r in rows if r["name"] == "ceiling"), None)
+    for r in rows:
+        r["of_ceiling"] = round(r["requests_per_s"] / ceiling, 3) if ceiling else None
     print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST /api/predict with a "
           f"{len(body)}-byte 28x28 PNG; {platform.node()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"{'target':<22}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}{'RSS MB':>16}{'CPU ms/req':>12}")
+    print(f"{'target':<22}{'req/s':>9}{'of ceiling':>11}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>8}{'non-2xx':>9}{'RSS MB':>16}{'CPU ms/req':>12}")
     for r in rows:
-        print(f"{r['name']:<22}{r['requests_per_s']:>9.0f}{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+        share = f"{r['of_ceiling']:.0%}" if r["of_ceiling"] is not None else "-"
+        print(f"{r['name']:<22}{r['requests_per_s']:>9.0f}{share:>11}{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}{r['p99_ms']:>9.1f}"
               f"{r['socket_errors']:>8}{r['non_2xx']:>9}{r['rss_before_mb']:>8.0f}->{r['rss_after_mb']:<6.0f}{r['server_cpu_ms_per_request']:>10.2f}")
     out = args.out or ROOT / "bench" / "results" / f"serve-{datetime.now():%Y-%m-%d-%H%M}-{platform.node()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +208,7 @@ def main() -> int:
                 if line.startswith("model name")), platform.processor())
     out.write_text(json.dumps({"when": datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
                                "cpu": cpu, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-                               "body_bytes": len(body), "duration_s": args.duration,
+                               "body_bytes": len(body), "duration_s": args.duration, "workers": args.workers,
                                "connections": args.connections, "results": rows}, indent=2))
     print(f"saved {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     return 0

@@ -84,7 +84,7 @@ def expected(run: Path, images: list[bytes]) -> list[np.ndarray]:
 # ---------------------------------------------------------------- good requests
 def test_good_image_gets_probabilities_class_names_and_the_28x28_input(server, toy_run):
     image = drawing()
-    status, answer = post_json(server, image)
+    status, answer = server.post_json(image, path="/api/predict?view=1")
     assert status == 200
     assert answer["class_names"] == list(FASHION)                 # the run's names, not digits
     probs = np.array(answer["probabilities"])
@@ -96,6 +96,28 @@ def test_good_image_gets_probabilities_class_names_and_the_28x28_input(server, t
     seen = Image.open(io.BytesIO(png))
     assert (seen.format, seen.mode, seen.size) == ("PNG", "L", (28, 28))
     assert np.array_equal(np.asarray(seen), preprocess(image).image[0].numpy())
+    status, plain = post_json(server, image)              # API clients get the view only when they ask
+    assert status == 200 and "image" not in plain and plain["probabilities"] == answer["probabilities"]
+    assert set(plain) == {"prediction", "label", "probabilities", "class_names", "inverted", "ms"}
+
+
+def test_predictor_runs_onnx_runtime_with_pytorch_classes_and_writes_the_same_json(toy_run, monkeypatch):
+    from mnist_cnn.serve.predictor import Predictor
+
+    predictor = Predictor(toy_run, "cpu")
+    assert predictor.device == "cpu (ONNX Runtime)"
+    images = torch.randint(0, 256, (64, 1, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    got = np.array(predictor.probabilities(images))
+    want = predictor.classifier.probabilities(images).numpy()
+    assert np.array_equal(got.argmax(1), want.argmax(1)) and np.abs(got - want).max() < 1e-5
+    for view in (True, False):
+        prepared = predictor.prepare(drawing(), view=view)
+        answer = predictor.answer(prepared, got[0].tolist())
+        written = json.loads(predictor.answer_json(prepared, got[0].tolist()))
+        assert written.pop("ms") >= 0 and answer.pop("ms") >= 0 and written == answer
+        assert ("image" in written) == view
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)      # not installed: PyTorch serves
+    assert Predictor(toy_run, "cpu").device == torch.device("cpu")
 
 
 def test_data_url_json_raw_bytes_and_jpeg_agree(server):
@@ -262,7 +284,7 @@ def test_batch_route_answers_each_image_in_order(server, toy_run):
     images = [drawing(x0=40), drawing(x0=100, width=20), b"hello"]
     urls = ["data:image/png;base64," + base64.b64encode(im).decode() for im in images]
     status, answer = server.post_json(json.dumps({"images": urls}).encode(), {"Content-Type": "application/json"},
-                                      path="/api/predict/batch")
+                                      path="/api/predict/batch?view=1")
     assert status == 200 and len(answer["results"]) == 3
     for got, want in zip(answer["results"][:2], expected(toy_run, images[:2])):
         np.testing.assert_allclose(got["probabilities"], want, atol=2e-6)

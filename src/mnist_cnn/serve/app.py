@@ -4,10 +4,11 @@
     GET  /api/info            Info: run, model, dataset, status, class_names, max_upload_bytes
     POST /api/predict         raw image bytes, a data URL, or JSON {"image": data URL} -> Prediction
     POST /api/predict/batch   JSON {"images": [data URL, ...]} (1-64) -> {"results": [Prediction | Error]}
+                              (both with ?view=1: each Prediction carries the 28x28 view as a PNG)
     GET  /docs, /openapi.json the API described (Swagger UI loads its script from a CDN)
     errors                    Error {"error": "one line", "status": N}
 
-Decoding and preprocessing of anything but a small PNG run in worker threads, at most
+Decoding and preprocessing of anything but a PNG of at most 28x28 run in worker threads, at most
 `concurrency` at once per process (each may hold tens of MB); forward passes run on batches
 gathered across requests (batching.py). The rules every
 request passes first (Host, origin, body limits) are in guard.py.
@@ -46,11 +47,12 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 POST_ROUTES = ("/api/predict", "/api/predict/batch")
-# A body this small is parsed on the event loop, and a PNG this small (the page's 280x280 canvas
-# is 78,400 px) preprocessed there too: about a millisecond, less than a hop to a worker thread
-# and back costs under load. Anything larger goes to the threads, `concurrency` at a time.
+# A body this small is parsed on the event loop, and a PNG of at most 28x28 preprocessed there too
+# (MNIST's plain recipe, or nothing for an image already in MNIST's form): well under a
+# millisecond, less than a hop to a worker thread and back costs under load. Anything larger (the
+# page's 280x280 canvas included) gets the photo steps, ~10-20 ms, in the threads, `concurrency` at a time.
 INLINE_BODY = 64 << 10
-INLINE_PIXELS = 160_000
+INLINE_PIXELS = 28 * 28
 
 
 # The API's answer: the fields of the one prediction type (predict.Prediction), and what the page
@@ -60,7 +62,7 @@ Prediction = create_model(
     prediction=(int, Field(description="index of the most probable class")),
     label=(str, Field(description="its name, class_names[prediction]")),
     **{name: (kind, Field(description=text)) for name, (kind, text) in prediction_fields().items()},
-    image=(str, Field(description="the 28x28 view the network saw, as a PNG data URL")),
+    image=(str | None, Field(None, description="the 28x28 view the network saw, as a PNG data URL; only with ?view=1")),
     ms=(float, Field(description="server time for decoding, preprocessing and the forward pass, ms")),
 )
 
@@ -95,16 +97,19 @@ ERRORS = {code: {"model": Error, "description": text} for code, text in {
     400: "malformed body", 403: "cross-origin request", 408: "body too slow", 411: "no Content-Length",
     413: "body over the limit", 421: "Host not allowed", 422: "not a usable image", 429: "too many large uploads at once",
 }.items()}
+VIEW_PARAMETER = {"name": "view", "in": "query", "required": False, "schema": {"type": "integer", "enum": [0, 1]},
+                  "description": "1: add the 28x28 view the network saw (`image`) to each answer; the page asks for it"}
 IMAGE_TYPES = {f"image/{f.lower()}": {"schema": {"type": "string", "format": "binary"}} for f in FORMATS}
-PREDICT_BODY = {"requestBody": {"required": True, "content": {
+PREDICT_BODY = {"parameters": [VIEW_PARAMETER], "requestBody": {"required": True, "content": {
     "application/json": {"schema": PredictJSON.model_json_schema()},
     **IMAGE_TYPES, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     "text/plain": {"schema": {"type": "string", "description": "a data URL"}}}}}
-BATCH_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}}
+BATCH_BODY = {"parameters": [VIEW_PARAMETER], "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}}
 
 
 def json_response(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(obj), status, {"Cache-Control": "no-store", **(headers or {})}, "application/json")
+    """`obj` as JSON (a str is taken as JSON text already)."""
+    return Response(obj if isinstance(obj, str) else json.dumps(obj), status, {"Cache-Control": "no-store", **(headers or {})}, "application/json")
 
 
 def create_app(config: ServeConfig, predictor: Predictor | None = None,
@@ -136,14 +141,14 @@ def add_prediction_routes(app: FastAPI, predictor: Predictor, limiter: anyio.Cap
     """POST /api/predict and /api/predict/batch: prepare (inline or in a thread), batch, answer."""
     batcher = Batcher(predictor.probabilities)
 
-    def prepare_one(body: bytes, content_type: str) -> Prepared:
-        return predictor.prepare(image_bytes_from_body(body, content_type))
+    def prepare_one(body: bytes, content_type: str, view: bool) -> Prepared:
+        return predictor.prepare(image_bytes_from_body(body, content_type), view)
 
-    def prepare_batch(body: bytes) -> list[Prepared | ImageError]:
+    def prepare_batch(body: bytes, view: bool) -> list[Prepared | ImageError]:
         out: list[Prepared | ImageError] = []
         for data in batch_images_from_body(body):
             try:
-                out.append(predictor.prepare(data))
+                out.append(predictor.prepare(data, view))
             except ImageError as e:
                 out.append(e)
         return out
@@ -151,27 +156,32 @@ def add_prediction_routes(app: FastAPI, predictor: Predictor, limiter: anyio.Cap
     @app.post("/api/predict", response_model=Prediction, responses=ERRORS, openapi_extra=PREDICT_BODY,
               summary="Classify one image")
     async def predict(request: Request) -> Response:
-        body, ctype = await request.body(), request.headers.get("content-type", "")
+        body, ctype, view = await request.body(), request.headers.get("content-type", ""), wants_view(request)
         if len(body) <= INLINE_BODY:
             data = image_bytes_from_body(body, ctype)
             size = png_size(data)
             if size is not None and size[0] * size[1] <= INLINE_PIXELS:
-                prepared = predictor.prepare(data)
+                prepared = predictor.prepare(data, view)
             else:
-                prepared = await anyio.to_thread.run_sync(predictor.prepare, data, limiter=limiter)
+                prepared = await anyio.to_thread.run_sync(predictor.prepare, data, view, limiter=limiter)
         else:
-            prepared = await anyio.to_thread.run_sync(prepare_one, body, ctype, limiter=limiter)
+            prepared = await anyio.to_thread.run_sync(prepare_one, body, ctype, view, limiter=limiter)
         probs = await batcher.run(prepared.image[None])
-        return json_response(200, predictor.answer(prepared, probs[0]))
+        return json_response(200, predictor.answer_json(prepared, probs[0]))
 
     @app.post("/api/predict/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY,
               summary=f"Classify 1 to {MAX_BATCH} images")
     async def batch(request: Request) -> Response:
-        prepared = await anyio.to_thread.run_sync(prepare_batch, await request.body(), limiter=limiter)
+        prepared = await anyio.to_thread.run_sync(prepare_batch, await request.body(), wants_view(request), limiter=limiter)
         good = [p for p in prepared if isinstance(p, Prepared)]
         rows = iter(await batcher.run(torch.stack([p.image for p in good])) if good else [])
         return json_response(200, {"results": [{"error": str(p), "status": 422} if isinstance(p, ImageError)
                                                else predictor.answer(p, next(rows)) for p in prepared]})
+
+
+def wants_view(request: Request) -> bool:
+    """?view=1 (or true): the client wants the 28x28 view in each answer (a PNG, ~0.1 ms each)."""
+    return request.query_params.get("view", "").lower() in ("1", "true")
 
 
 def add_page_routes(app: FastAPI) -> None:

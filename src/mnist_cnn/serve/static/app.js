@@ -150,7 +150,7 @@ async function request(body) {
   busy();
   const generation = state.generation;
   try {
-    const res = await fetch("api/predict", {
+    const res = await fetch("api/predict?view=1", {   // view=1: show the 28x28 the network saw
       method: "POST", body, headers: { "Content-Type": body.type || "application/octet-stream" },
     });
     const data = await res.json().catch(() => ({ error: `the server answered ${res.status} ${res.statusText}` }));
