@@ -43,6 +43,7 @@ MD_HEADER = ("# Accuracy selection log\n\nWritten by `bench/selection.py` (see d
 
 # Overrides that change where or how fast a run goes, not the recipe: left out of its name.
 NOT_RECIPE = ("threads", "device", "data_dir")
+RESOLVED = ("amp", "compile")   # "auto" is saved as what this machine resolved it to: any saved value matches it
 
 
 def recipe_name(preset: str, dataset: str, overrides: dict[str, str]) -> str:
@@ -70,7 +71,8 @@ def check_same_recipe(run: Path, config: cfg.TrainConfig) -> None:
     """A run is reused by name; refuse one whose recipe differs (a preset changed since it ran)."""
     saved = read_json(run / "config.json")
     wanted = json.loads(json.dumps(cfg.to_dict(config)))
-    differ = [k for k in sorted(wanted) if k not in NOT_RECIPE and saved.get(k) != wanted[k]]
+    differ = [k for k in sorted(wanted) if k not in NOT_RECIPE and saved.get(k) != wanted[k]
+              and not (k in RESOLVED and wanted[k] == "auto")]
     if differ:
         shown = ", ".join(f"{k} {saved.get(k)!r} (now {wanted[k]!r})" for k in differ)
         raise MnistCnnError(f"{run} was trained with another recipe: {shown}; move it away to retrain")

@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "mnist_cnn"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("mnist_cnn.errors", "mnist_cnn.fileio", "mnist_cnn.version")),
     ("device", ("mnist_cnn.precision", "mnist_cnn.compilation")),
-    ("data", ("mnist_cnn.data", "mnist_cnn.data.", "mnist_cnn.preprocess", "mnist_cnn.decode_budget",
+    ("data", ("mnist_cnn.data", "mnist_cnn.data.", "mnist_cnn.preprocess", "mnist_cnn.ink", "mnist_cnn.decode_budget",
               "mnist_cnn.augment")),
     ("models", ("mnist_cnn.models", "mnist_cnn.models.", "mnist_cnn.ema")),
     ("config", ("mnist_cnn.config",)),
