@@ -197,6 +197,46 @@ def test_the_schedule_spans_the_steps_and_ends_at_their_last(toy, tmp_path):
     assert result.history[-2].lr > 0.0
 
 
+# ---------------------------------------------------------------- the command line, measurements fixed
+
+CLI_TOY = ["--batch-size", "50", "--threads", "1", "--no-progress"]
+
+
+@pytest.fixture
+def cli_toy(monkeypatch):
+    """`mnist-cnn train` on the toy data, torch's thread count restored afterwards."""
+    monkeypatch.setattr("mnist_cnn.data.load_dataset", lambda *a, **k: toy_dataset())
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_cli_budget_run_then_its_config_json_repeats_it(cli_toy, tmp_path, monkeypatch, capsys):
+    fixed_costs(monkeypatch)
+    assert main(["train", "--out", str(tmp_path), "--name", "b", "--budget", "0.12", *CLI_TOY]) == 0
+    out = capsys.readouterr().out
+    assert f"-> {expected_steps(0.12):,d} steps" in out
+    monkeypatch.setattr("mnist_cnn.train._measure_costs", _never_measures)
+    assert main(["train", "--out", str(tmp_path), "--name", "again", "--config", str(tmp_path / "b" / "config.json"),
+                 "--no-progress"]) == 0
+    assert "budget " not in capsys.readouterr().out
+    first, again = (load_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("b", "again"))
+    assert first["global_step"] == again["global_step"] == expected_steps(0.12)
+    for key, value in first["model"].items():
+        assert torch.equal(value, again["model"][key]), key
+
+
+def test_cli_budget_too_short_is_one_line_and_leaves_the_name_free(cli_toy, tmp_path, monkeypatch, capsys):
+    fixed_costs(monkeypatch, MEASURED._replace(step_s=1.0))
+    argv = ["train", "--out", str(tmp_path), "--name", "short", "--budget", "0.1", *CLI_TOY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "too short for one epoch" in err and "give at least 0.3 min" in err
+    assert not (tmp_path / "short" / "checkpoint.pt").exists()
+    fixed_costs(monkeypatch)
+    assert main(argv) == 0  # the same name, no --force: nothing was saved under it
+
+
 # ---------------------------------------------------------------- the clock, for real
 
 def test_a_real_budget_run_ends_near_its_budget(toy, tmp_path):
