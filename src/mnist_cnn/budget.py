@@ -2,8 +2,8 @@
 
 Before the first step, `plan_budget` weighs what the costs measured here say (an optimizer step
 after warm-up, a validation pass, a checkpoint) and picks the largest number of optimizer steps
-whose schedule, with a validation and a checkpoint after every epoch (the last one may be
-partial), ends inside the budget. When --compile resolves on, a step is the eager step less the
+whose run, with a validation and a checkpoint after every epoch (the last one may be partial) and
+the closing report, ends inside TARGET_FRACTION of the budget. When --compile resolves on, a step is the eager step less the
 network's measured saving (compilation.COMPILE_SAVING) and the compile time is set aside: timing
 a compiled step would cost the compile itself a second time.
 
@@ -30,7 +30,7 @@ from mnist_cnn.errors import UsageError
 from mnist_cnn.inference import loss_and_accuracy
 
 # The plan aims at this fraction of the budget: step times drift on a shared CPU, and the per-epoch
-# logging and the final report are not measured.
+# logs and the closing report's plots are estimated (below), not measured.
 TARGET_FRACTION = 0.95
 # Seconds set aside for the closing report's plots and files, beyond its predictions.
 REPORT_S = 2.0
@@ -69,7 +69,7 @@ class Costs:
 
 def steps_within(seconds: float, costs: Costs, steps_per_epoch: int, checkpoint_every: int) -> int:
     """The most optimizer steps whose whole run takes at most `seconds` (0 when none fits)."""
-    low, high = 0, int(max(0.0, seconds - costs.fixed_s) / costs.step_s) + 1
+    low, high = 0, int(max(0.0, seconds - costs.fixed_s) / max(costs.step_s, 1e-9)) + 1
     while low < high:  # the cost grows with the steps: bisect for the last length that fits
         middle = (low + high + 1) // 2
         if costs.seconds(middle, steps_per_epoch, checkpoint_every) <= seconds:
