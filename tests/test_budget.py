@@ -128,6 +128,19 @@ def test_cli_refusals_are_one_line(argv, message, tmp_path, capsys):
     assert not any(tmp_path.iterdir())  # refused before any run directory
 
 
+def test_lr_find_steps_are_its_sweeps_and_neither_it_nor_tune_takes_a_budget(capsys):
+    from mnist_cnn.cli import build_parser, config_overrides
+
+    parser = build_parser()
+    args = parser.parse_args(["lr-find", "--steps", "10"])
+    assert args.steps == 10 and "steps" not in config_overrides(args)
+    assert "steps" in config_overrides(parser.parse_args(["train", "--steps", "10"]))
+    for argv in (["lr-find", "--budget", "3"], ["tune", "--study", "s", "--trials", "1", "--budget", "3"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert "unrecognized arguments: --budget" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- runs, measurements fixed
 
 def test_budget_run_ends_on_the_planned_step_with_a_partial_last_epoch(toy, tmp_path, monkeypatch):
@@ -177,6 +190,7 @@ def test_resume_mid_run_continues_to_the_planned_steps(toy, tmp_path, monkeypatc
     monkeypatch.setattr("mnist_cnn.train._measure_costs", _never_measures)
     resumed = train(resume=tmp_path / "cut", dataset=toy, **QUIET)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["global_step"] == steps
+    assert read_json(tmp_path / "cut" / "environment.json")["budget"]["steps"] == steps  # kept by the resume
     assert [r.epoch for r in resumed.history] == [r.epoch for r in full.history]
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key

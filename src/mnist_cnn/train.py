@@ -33,8 +33,8 @@ from mnist_cnn.config import TrainConfig
 from mnist_cnn import data as datasets  # datasets.load_dataset, looked up per call: tests swap it
 from mnist_cnn.data.load import check_request
 from mnist_cnn.distributed import SingleProcess, Strategy
-from mnist_cnn.errors import MnistCnnError, UsageError
-from mnist_cnn.fileio import write_json
+from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
+from mnist_cnn.fileio import read_json, write_json
 from mnist_cnn.inference import predict_logits, select_device, to_input
 from mnist_cnn.runlog import NullBar, NullLogger, RunLogger, TrainingRun, closing_report, training_run
 from mnist_cnn.runs import (CHECKPOINT, EpochRecord, create_run_dir, default_run_name, environment_info,
@@ -154,7 +154,8 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
                                       strategy.device)
             if saved:
                 state.load_state_dict(saved, run_dir / CHECKPOINT)
-            budget_record = {} if saved else _resolve_length(state, data, strategy, print_fn, started)
+            budget_record = _kept_budget_record(run_dir) if saved else _resolve_length(state, data, strategy,
+                                                                                        print_fn, started)
             state.config = _resolved_compile(state, data, strategy, print_fn, resumed=bool(saved))
             if not saved:
                 run.write_json("config.json", cfg.to_dict(state.config))  # with length, amp and compile resolved
@@ -396,6 +397,17 @@ def _resolve_length(state: TrainState, data: TrainData, strategy: Strategy, prin
         config = dataclasses.replace(config, epochs=-(-config.steps // state.steps_per_epoch))
     state.set_length(config)
     return {"budget": plan.record()} if plan else {}
+
+
+def _kept_budget_record(run_dir: Path) -> dict[str, Any]:
+    """A resumed run's record of its budget, from the environment.json it started with ({} when
+    there is none): the new environment.json describes this machine but keeps what was planned."""
+    try:
+        environment = read_json(run_dir / "environment.json")
+    except CheckpointError:  # missing or unreadable: the run itself needs nothing from it
+        return {}
+    kept = environment.get("budget") if isinstance(environment, dict) else None
+    return {"budget": kept} if isinstance(kept, dict) else {}
 
 
 def _measure_costs(state: TrainState, data: TrainData, device: torch.device, started: float) -> budget.Measured:
