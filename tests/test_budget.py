@@ -101,8 +101,9 @@ def test_summary_is_one_line_saying_what_and_why():
 # ---------------------------------------------------------------- the refusals
 
 @pytest.mark.parametrize("values,message", [
-    (dict(budget=-1.0), "budget must be a number of minutes >= 0"),
-    (dict(budget=float("nan")), "budget must be a number of minutes >= 0"),
+    (dict(budget=-1.0), "budget must be a number of minutes from 0"),
+    (dict(budget=float("nan")), "budget must be a number of minutes from 0"),
+    (dict(budget=1e308), "budget must be a number of minutes from 0"),
     (dict(budget=2.0, steps=100), "both set the run's length"),
     (dict(steps=-1), "steps must be >= 0"),
 ])

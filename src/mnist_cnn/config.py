@@ -332,10 +332,14 @@ def validate(c: TrainConfig) -> None:
     _validate_augment(c)
 
 
+# A year of minutes: far beyond any run, and the planning's arithmetic stays finite below it.
+MAX_BUDGET_MINUTES = 525_600
+
+
 def _validate_budget(c: TrainConfig) -> None:
     """A budget sets the run's length itself: never with --steps, never for the lesson's exact run."""
-    if not (math.isfinite(c.budget) and c.budget >= 0):
-        raise UsageError(f"budget must be a number of minutes >= 0 (0 = off), not {c.budget}")
+    if not (math.isfinite(c.budget) and 0 <= c.budget <= MAX_BUDGET_MINUTES):
+        raise UsageError(f"budget must be a number of minutes from 0 (off) to {MAX_BUDGET_MINUTES:,d}, not {c.budget}")
     if c.budget and c.steps:
         raise UsageError(f"budget ({c.budget:g} min) and steps ({c.steps}) both set the run's length; "
                          "give one (--steps 0 to let the budget choose)")
