@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("run on disk", ("mnist_cnn.runs", "mnist_cnn.trainstate", "mnist_cnn.checkpoint")),
     ("inference", ("mnist_cnn.inference", "mnist_cnn.outputs", "mnist_cnn.plots", "mnist_cnn.evaluate",
                    "mnist_cnn.predict")),
-    ("training", ("mnist_cnn.distributed", "mnist_cnn.runlog", "mnist_cnn.train")),
+    ("training", ("mnist_cnn.distributed", "mnist_cnn.runlog", "mnist_cnn.budget", "mnist_cnn.train")),
     ("commands", ("mnist_cnn.lr_find", "mnist_cnn.tune", "mnist_cnn.tune.", "mnist_cnn.export", "mnist_cnn.show",
                   "mnist_cnn.compare", "mnist_cnn.tbexport")),
     ("surface", ("mnist_cnn.serve", "mnist_cnn.serve.", "mnist_cnn.api", "mnist_cnn.cli", "mnist_cnn",

@@ -35,8 +35,13 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- train
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    """--preset and one flag per TrainConfig field (train, tune and lr-find share them)."""
+# The fields that set a training run's length from a step count or a clock: train's only. lr-find
+# sweeps its own --steps; a tune trial's length is its epochs, which the pruner counts.
+RUN_LENGTH_FIELDS = ("steps", "budget")
+
+
+def add_config_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = RUN_LENGTH_FIELDS) -> None:
+    """--preset and one flag per TrainConfig field but `exclude` (train, tune and lr-find share them)."""
     from mnist_cnn import config as cfg
 
     p.add_argument("--preset", default=None, choices=cfg.preset_names(),
@@ -45,14 +50,16 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                         "a residual net that ties it in twice the time, 'resnet-fashion' the most accurate "
                         "Fashion-MNIST one (docs/accuracy.md) (default: default)")
     cfg.add_flags(p.add_argument_group("config overrides (defaults shown are the 'default' preset's)"),
-                  cfg.TrainConfig, exclude=("preset",))
+                  cfg.TrainConfig, exclude=("preset", *exclude))
+    p.set_defaults(config_excluded=exclude)  # for config_overrides
 
 
 def config_overrides(args: argparse.Namespace) -> dict:
     """The config fields given on the command line (None = not given)."""
     from mnist_cnn import config as cfg
 
-    return {f.name: getattr(args, f.name) for f in cfg.flag_fields(cfg.TrainConfig) if f.name != "preset"}
+    excluded = ("preset", *getattr(args, "config_excluded", ()))
+    return {f.name: getattr(args, f.name) for f in cfg.flag_fields(cfg.TrainConfig) if f.name not in excluded}
 
 
 def add_train(p: argparse.ArgumentParser) -> None:
@@ -68,7 +75,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
                    help="replace an existing run directory of the same name (never a symbolic link, nor a folder that is not a run)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar (default: only on a terminal)")
-    add_config_flags(p)
+    add_config_flags(p, exclude=())
 
 
 def resolve_config(args: argparse.Namespace):
@@ -90,6 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
                              f"({', '.join('--' + g.replace('_', '-') for g in given) or '--name/--force/--config'})")
         train(resume=args.resume, progress=args.progress)
         return 0
+    if args.budget and args.epochs is not None:  # a preset's or a config file's epochs give way to the budget
+        raise UsageError("--budget chooses the run's length itself; give --budget or --epochs, not both")
     train(resolve_config(args), out_dir=args.out, name=args.name, force=args.force, progress=args.progress)
     return 0
 

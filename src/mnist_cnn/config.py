@@ -81,6 +81,15 @@ class TrainConfig:
     train_subset: int = setting(0, "train on only the first N training images, 0 = all (quick trials)")
     # How to train.
     epochs: int = setting(6, "passes over the training set")
+    steps: int = setting(0, "optimizer steps of the whole run, the schedule's length; 0 = epochs x steps per epoch. "
+                         "When set, the run spans ceil(steps / steps per epoch) epochs, the last one possibly "
+                         "partial (it still validates and checkpoints), and config.json records those epochs")
+    budget: float = setting(0.0, "minutes of wall time for the whole run on this machine, 0 = off: measures a "
+                            "training step, a validation pass and a checkpoint, then sets --steps so the schedule "
+                            "ends inside the budget; config.json keeps the resolved steps with budget 0, so "
+                            "--config RUN/config.json repeats the run without measuring; not with --epochs, --steps or "
+                            "preset seed (docs/training.md)",
+                            metavar="MINUTES")
     batch_size: int = setting(128, "images per optimizer step")
     optimizer: str = setting("adam", "optimizer", ("adam", "adamw", "sgd"))
     lr: float = setting(3e-3, "learning rate (the peak rate when a schedule is used)")
@@ -306,6 +315,8 @@ def validate(c: TrainConfig) -> None:
     else:
         get_spec(c.dataset)  # UsageError listing the registered data sets, before any run directory exists
     need(c.epochs > 0, f"epochs must be a positive integer, not {c.epochs}")
+    need(c.steps >= 0, f"steps must be >= 0 (0 = epochs x steps per epoch), not {c.steps}")
+    _validate_budget(c)
     need(c.batch_size > 0, f"batch_size must be a positive integer, not {c.batch_size}")
     need(math.isfinite(c.lr) and c.lr > 0, f"lr must be a positive finite number, not {c.lr}")
     need(math.isfinite(c.weight_decay) and c.weight_decay >= 0, f"weight_decay must be >= 0, not {c.weight_decay}")
@@ -319,6 +330,21 @@ def validate(c: TrainConfig) -> None:
     need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, not {c.checkpoint_every}")
     need(0 <= c.seed < 2**32, f"seed must be in 0..4294967295 (numpy's seed range), not {c.seed}")
     _validate_augment(c)
+
+
+# A year of minutes: far beyond any run, and the planning's arithmetic stays finite below it.
+MAX_BUDGET_MINUTES = 525_600
+
+
+def _validate_budget(c: TrainConfig) -> None:
+    """A budget sets the run's length itself: never with --steps, never for the lesson's exact run."""
+    if not (math.isfinite(c.budget) and 0 <= c.budget <= MAX_BUDGET_MINUTES):
+        raise UsageError(f"budget must be a number of minutes from 0 (off) to {MAX_BUDGET_MINUTES:,d}, not {c.budget}")
+    if c.budget and c.steps:
+        raise UsageError(f"budget ({c.budget:g} min) and steps ({c.steps}) both set the run's length; "
+                         "give one (--steps 0 to let the budget choose)")
+    if c.budget and c.preset == "seed":
+        raise UsageError("--budget does not apply to preset seed: the lesson's run is 100 epochs exactly")
 
 
 def _validate_model_shape(c: TrainConfig) -> None:

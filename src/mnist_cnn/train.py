@@ -26,15 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn import config as cfg
-from mnist_cnn import compilation, distributed, precision
+from mnist_cnn import budget, compilation, distributed, precision
 from mnist_cnn.augment import augment
 from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.config import TrainConfig
 from mnist_cnn import data as datasets  # datasets.load_dataset, looked up per call: tests swap it
 from mnist_cnn.data.load import check_request
 from mnist_cnn.distributed import SingleProcess, Strategy
-from mnist_cnn.errors import MnistCnnError, UsageError
-from mnist_cnn.fileio import write_json
+from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
+from mnist_cnn.fileio import read_json, write_json
 from mnist_cnn.inference import predict_logits, select_device, to_input
 from mnist_cnn.runlog import NullBar, NullLogger, RunLogger, TrainingRun, closing_report, training_run
 from mnist_cnn.runs import (CHECKPOINT, EpochRecord, create_run_dir, default_run_name, environment_info,
@@ -131,6 +131,7 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
     `on_epoch_end(record)` runs on the main process after each epoch's validation, logs and
     checkpoint; returning True stops training there (run.json status "stopped").
     """
+    started = time.monotonic()  # a --budget counts from here
     resume_dir, saved = (None, None) if resume is None else _resume_point(resume)
     config = resumable_checkpoint(saved, resume_dir / CHECKPOINT) if saved else config or cfg.make_config()
     # Under torchrun this process is one rank of several: it joins the group, and only rank 0
@@ -153,13 +154,15 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
                                       strategy.device)
             if saved:
                 state.load_state_dict(saved, run_dir / CHECKPOINT)
+            budget_record = _kept_budget_record(run_dir) if saved else _resolve_length(state, data, strategy,
+                                                                                        print_fn, started)
             state.config = _resolved_compile(state, data, strategy, print_fn, resumed=bool(saved))
             if not saved:
-                run.write_json("config.json", cfg.to_dict(state.config))  # with amp and compile resolved
+                run.write_json("config.json", cfg.to_dict(state.config))  # with length, amp and compile resolved
             run.write_json("environment.json", {**environment_info(strategy.device, config.seed),
                                                 "data_source": data.source, "world_size": strategy.info.world_size,
                                                 **precision.precision_info(state.config.amp, strategy.device),
-                                                "compile": state.config.compile})
+                                                "compile": state.config.compile, **budget_record})
             result = _train_run(state, data, run, strategy, print_fn, progress, stop_after_steps, on_epoch_end)
             run.set_status("stopped" if result.stopped_early else "complete")
         strategy.barrier()  # leave the group together (rank 0 was still plotting)
@@ -194,11 +197,11 @@ def _train_run(state: TrainState, data: TrainData, run: TrainingRun, strategy: S
 
 
 def fit(state: TrainState, loop: Loop, on_epoch_end: Callable[[EpochRecord], bool | None] | None = None) -> bool:
-    """Train until the config's last epoch. Returns True when `on_epoch_end` stopped it earlier."""
-    while state.epoch < state.config.epochs:
+    """Train until the run's last step. Returns True when `on_epoch_end` stopped it earlier."""
+    while state.epoch < state.epochs_total:
         started = train_epoch(state, loop)
         record = end_epoch(state, loop, started)
-        more = state.epoch < state.config.epochs
+        more = state.epoch < state.epochs_total
         if loop.strategy.agreed_stop(loop.stop.signal_name) and more:
             raise TrainingInterrupted(_interrupt_message(loop, state))
         if on_epoch_end is not None:
@@ -209,12 +212,13 @@ def fit(state: TrainState, loop: Loop, on_epoch_end: Callable[[EpochRecord], boo
 
 
 def train_epoch(state: TrainState, loop: Loop) -> float:
-    """One pass over the training set (its rest after a mid-epoch resume). Returns the wall
+    """One pass over the training set (its rest after a mid-epoch resume; the run's last epoch
+    stops at its last step, which may come earlier). Returns the wall
     time the epoch counts from; raises TrainingInterrupted, state saved, on a stop signal."""
     started = time.time() - state.epoch_seconds
     order = state.epoch_order().to(loop.data.train_y.device)
     log = StepLog(state.step_in_epoch)
-    bar = loop.logger.epoch_bar(state.epoch + 1, state.steps_per_epoch, state.step_in_epoch)
+    bar = loop.logger.epoch_bar(state.epoch + 1, state.steps_this_epoch, state.step_in_epoch)
     finished = run_steps(state, loop, order, log, started, bar)
     bar.close()
     if not finished:  # stopped mid-epoch, state saved in run_steps
@@ -229,8 +233,8 @@ def run_steps(state: TrainState, loop: Loop, order: torch.Tensor, log: StepLog, 
     indices, with a checkpoint where the config asks for one. Returns False when it stopped
     before the epoch's end (a stop signal, or `loop.stop_after_steps`), after saving the state."""
     config, data, batch = state.config, loop.data, state.config.batch_size
-    amp = config.amp == "bf16"
-    while state.step_in_epoch < state.steps_per_epoch:
+    amp, last = config.amp == "bf16", state.steps_this_epoch
+    while state.step_in_epoch < last:
         first = state.step_in_epoch * batch
         idx = loop.strategy.shard(order[first:first + batch])
         images = augment(to_input(data.train_x[idx], config.channels_last), config.augment)  # (B, C, 28, 28) float
@@ -243,13 +247,13 @@ def run_steps(state: TrainState, loop: Loop, order: torch.Tensor, log: StepLog, 
         stop = loop.strategy.agreed_stop(loop.stop.signal_name, step) or (
             loop.stop_after_steps is not None and step >= loop.stop_after_steps)
         periodic = config.checkpoint_every and step % config.checkpoint_every == 0
-        if (stop or periodic) and state.step_in_epoch < state.steps_per_epoch:
+        if (stop or periodic) and state.step_in_epoch < last:
             log_steps(state, loop, log)
             state.epoch_seconds = time.time() - started
             checkpoint(state, loop)
         if stop:
             break
-    return state.step_in_epoch == state.steps_per_epoch
+    return state.step_in_epoch == last
 
 
 def log_steps(state: TrainState, loop: Loop, log: StepLog) -> None:
@@ -282,10 +286,11 @@ def validate(state: TrainState, loop: Loop) -> tuple[float, float]:
 def end_epoch(state: TrainState, loop: Loop, started: float) -> EpochRecord:
     """Validate, book the epoch in the history and the logs, checkpoint."""
     validation_loss, validation_accuracy = validate(state, loop)
+    done = slice(0, state.step_in_epoch)  # a partial last epoch leaves the rest of the step tensors unused
     record = EpochRecord(
         epoch=state.epoch + 1, seconds=time.time() - started, lr=state.optimizer.param_groups[0]["lr"],
-        train_loss=state.step_loss.double().mean().item(),
-        train_accuracy=(state.step_correct.double() / state.config.batch_size).mean().item(),
+        train_loss=state.step_loss[done].double().mean().item(),
+        train_accuracy=(state.step_correct[done].double() / state.config.batch_size).mean().item(),
         validation_loss=validation_loss, validation_accuracy=validation_accuracy)
     state.finish_epoch(record)
     loop.logger.epoch_end(record, state.global_step, state.history)
@@ -347,28 +352,72 @@ def _resolved_compile(state: TrainState, data: TrainData, strategy: SingleProces
     if resumed:
         choice = compilation.resume_compile(config.compile, strategy.device, print_fn)
     else:
-        steps_left = state.steps_per_epoch * config.epochs
+        steps_left = state.total_steps
         choice = compilation.resolve_compile(config.compile, config.preset, config.model, steps_left,
                                              strategy.device, lambda: _eager_step_seconds(state, data))
         choice = "on" if strategy.main_decides(choice == "on") else "off"
     return dataclasses.replace(config, compile=choice)
 
 
-def _eager_step_seconds(state: TrainState, data: TrainData, steps: int = 3) -> float:
+def _eager_step_seconds(state: TrainState, data: TrainData, steps: int = 3, augmented: bool = False) -> float:
     """Seconds per eager training step, timed on copies of the model and optimizer with the first
-    batch, after one warm-up step; the run's weights and random streams are left untouched."""
+    batch, after one warm-up step; the run's weights and random streams are left untouched.
+    `augmented`: the step as the loop takes it, input conversion and augmentation included."""
     model, optimizer = copy.deepcopy((state.model, state.optimizer))
-    images = to_input(data.train_x[:state.config.batch_size], state.config.channels_last)
-    labels, amp = data.train_y[:state.config.batch_size], state.config.amp == "bf16"
+    config, raw = state.config, data.train_x[:state.config.batch_size]
+    labels, amp = data.train_y[:config.batch_size], config.amp == "bf16"
+    images = to_input(raw, config.channels_last)
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws from them
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout and augment draw from them
         model.train()
         train_step(model, optimizer, images, labels, amp=amp)
         started = time.perf_counter()
         for _ in range(steps):
+            if augmented:
+                images = augment(to_input(raw, config.channels_last), config.augment)
             loss, _ = train_step(model, optimizer, images, labels, amp=amp)
         float(loss)  # waits for the GPU's queued steps
         return (time.perf_counter() - started) / steps
+
+
+def _resolve_length(state: TrainState, data: TrainData, strategy: Strategy, print_fn: Callable[[str], None],
+                    started: float) -> dict[str, Any]:
+    """A new run's length settled before its first step: a budget turned into `steps` (the main
+    process measures, its one line says why) and stored with budget 0, so config.json repeats
+    the run without measuring; `epochs` set to those steps' epochs. Returns environment.json's
+    record of the budget ({} without one)."""
+    config, plan = state.config, None
+    if config.budget:
+        plan = strategy.run_once(lambda: budget.plan_budget(
+            config, state.steps_per_epoch, len(data.validation_y), strategy.device,
+            _measure_costs(state, data, strategy.device, started)))
+        print_fn(plan.summary())
+        config = dataclasses.replace(config, steps=plan.steps, budget=0.0, compile=plan.compile)
+    if config.steps:
+        config = dataclasses.replace(config, epochs=-(-config.steps // state.steps_per_epoch))
+    state.set_length(config)
+    return {"budget": plan.record()} if plan else {}
+
+
+def _kept_budget_record(run_dir: Path) -> dict[str, Any]:
+    """A resumed run's record of its budget, from the environment.json it started with ({} when
+    there is none): the new environment.json describes this machine but keeps what was planned."""
+    try:
+        environment = read_json(run_dir / "environment.json")
+    except CheckpointError:  # missing or unreadable: the run itself needs nothing from it
+        return {}
+    kept = environment.get("budget") if isinstance(environment, dict) else None
+    return {"budget": kept} if isinstance(kept, dict) else {}
+
+
+def _measure_costs(state: TrainState, data: TrainData, device: torch.device, started: float) -> budget.Measured:
+    """What a budget plans with, measured here, the run's state untouched; `started`: when the
+    budget's clock started (time.monotonic())."""
+    step_s = _eager_step_seconds(state, data, steps=5, augmented=True)
+    validation_s = budget.validation_seconds(state.eval_model, data.validation_x, data.validation_y, state.config,
+                                             device)
+    return budget.Measured(step_s, validation_s, budget.checkpoint_seconds(state.state_dict),
+                           time.monotonic() - started)
 
 
 def _resume_point(resume: str | Path) -> tuple[Path, dict[str, Any]]:

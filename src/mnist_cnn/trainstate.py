@@ -59,6 +59,11 @@ def make_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, linear)
 
 
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's optimizer steps: `steps` when set, else whole epochs."""
+    return config.steps or steps_per_epoch * config.epochs
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -123,7 +128,7 @@ class TrainState:
         steps_per_epoch = n_train // config.batch_size
         data_order = torch.Generator().manual_seed(config.seed)
         return cls(config, tuple(class_names), model, optimizer,
-                   make_schedule(config, optimizer, steps_per_epoch * config.epochs),
+                   make_schedule(config, optimizer, total_steps(config, steps_per_epoch)),
                    EMA(model, config.ema) if config.ema else None, n_train,
                    data_order, data_order.get_state(),
                    torch.zeros(steps_per_epoch, device=device),
@@ -134,9 +139,31 @@ class TrainState:
         return self.n_train // self.config.batch_size
 
     @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: the schedule's length."""
+        return total_steps(self.config, self.steps_per_epoch)
+
+    @property
+    def epochs_total(self) -> int:
+        """Epochs the run spans; the last one is partial when `total_steps` says so."""
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    @property
+    def steps_this_epoch(self) -> int:
+        """Optimizer steps of the current epoch: all of them but in a partial last epoch."""
+        return min(self.steps_per_epoch, self.total_steps - self.epoch * self.steps_per_epoch)
+
+    def set_length(self, config: TrainConfig) -> None:
+        """Take `config`, whose run length was resolved before the first step (a budget): the
+        schedule is rebuilt for its steps, as a run started with that config builds it."""
+        assert self.global_step == 0, "the run's length is fixed once it has taken a step"
+        self.config = config
+        self.schedule = make_schedule(config, self.optimizer, self.total_steps)
+
+    @property
     def global_step(self) -> int:
-        """Optimizer steps done so far in the whole run."""
-        return self.epoch * self.steps_per_epoch + self.step_in_epoch
+        """Optimizer steps done so far in the whole run (only the last epoch can be partial)."""
+        return min(self.epoch * self.steps_per_epoch, self.total_steps) + self.step_in_epoch
 
     @property
     def eval_model(self) -> nn.Module:

@@ -1,0 +1,157 @@
+"""`--budget MINUTES`: the run's length chosen to fit a wall-clock budget on this machine.
+
+Before the first step, `plan_budget` weighs what the costs measured here say (an optimizer step
+after warm-up, a validation pass, a checkpoint) and picks the largest number of optimizer steps
+whose run, with a validation and a checkpoint after every epoch (the last one may be partial) and
+the closing report, ends inside TARGET_FRACTION of the budget. When --compile resolves on, a step is the eager step less the
+network's measured saving (compilation.COMPILE_SAVING) and the compile time is set aside: timing
+a compiled step would cost the compile itself a second time.
+
+The plan is a run length, not a deadline: train() writes the resolved `steps` (and the epochs
+they span) into config.json and the checkpoint with `budget` set back to 0, so `--config
+RUN/config.json` and `--resume` repeat the same steps instead of measuring again. What was
+measured goes into environment.json under "budget".
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from mnist_cnn import compilation, precision
+from mnist_cnn.config import TrainConfig
+from mnist_cnn.errors import UsageError
+from mnist_cnn.inference import loss_and_accuracy
+
+# The plan aims at this fraction of the budget: step times drift on a shared CPU, and the per-epoch
+# logs and the closing report's plots are estimated (below), not measured.
+TARGET_FRACTION = 0.95
+# Seconds set aside for the closing report's plots and files, beyond its predictions.
+REPORT_S = 2.0
+# Seconds an epoch end costs beyond validation and checkpoint (TensorBoard scalars and weight
+# histograms, metrics.csv, the printed lines): tens of ms, which only short epochs notice.
+EPOCH_LOG_S = 0.03
+# The closing report predicts this many validation images (train._train_run).
+REPORT_IMAGES = 2000
+
+
+class Measured(NamedTuple):
+    """What was measured here before the run's first step, in seconds."""
+
+    step_s: float          # one eager training step, after warm-up, augmentation included
+    validation_s: float    # one validation pass
+    checkpoint_s: float    # one checkpoint
+    spent_s: float         # already gone: loading the data and measuring
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What a run of a given length costs here, in seconds."""
+
+    step_s: float          # one optimizer step (after warm-up; compiled, when the run compiles)
+    epoch_end_s: float     # one validation pass and the epoch's logs, after every epoch
+    checkpoint_s: float    # one checkpoint, after every epoch and every checkpoint_every steps
+    fixed_s: float         # once: time already spent, compiling, the closing report
+
+    def seconds(self, steps: int, steps_per_epoch: int, checkpoint_every: int) -> float:
+        """Wall seconds of a whole run of `steps` optimizer steps."""
+        epochs = math.ceil(steps / steps_per_epoch)
+        periodic = steps // checkpoint_every if checkpoint_every else 0
+        return (self.fixed_s + steps * self.step_s + epochs * (self.epoch_end_s + self.checkpoint_s)
+                + periodic * self.checkpoint_s)
+
+
+def steps_within(seconds: float, costs: Costs, steps_per_epoch: int, checkpoint_every: int) -> int:
+    """The most optimizer steps whose whole run takes at most `seconds` (0 when none fits)."""
+    low, high = 0, int(max(0.0, seconds - costs.fixed_s) / max(costs.step_s, 1e-9)) + 1
+    while low < high:  # the cost grows with the steps: bisect for the last length that fits
+        middle = (low + high + 1) // 2
+        if costs.seconds(middle, steps_per_epoch, checkpoint_every) <= seconds:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The run length chosen for a budget, and why."""
+
+    minutes: float
+    steps: int
+    steps_per_epoch: int
+    compile: str                 # "on" or "off", resolved with the budget's steps
+    eager_step_s: float          # measured
+    costs: Costs                 # what the plan counted (step_s compiled when compile is "on")
+    expected_s: float            # the planned run's wall time, the time already spent included
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.steps / self.steps_per_epoch)
+
+    def summary(self) -> str:
+        """One line: what was chosen and why."""
+        step = f"{1000 * self.eager_step_s:.3g} ms/step measured"
+        if self.compile == "on":
+            step += (f", ~{1000 * self.costs.step_s:.3g} ms compiled (+{compilation.COMPILE_COST_S:.0f} s "
+                     "compiling)")
+        return (f"budget {self.minutes:g} min: {step}, validation and logs {self.costs.epoch_end_s:.2g} s, "
+                f"checkpoint {self.costs.checkpoint_s:.2g} s -> {self.steps:,d} steps "
+                f"({self.steps / self.steps_per_epoch:.1f} epochs of {self.steps_per_epoch:,d}) "
+                f"ending at ~{self.expected_s / 60:.3g} min")
+
+    def record(self) -> dict[str, Any]:
+        """What environment.json keeps of the plan (the measurements are this machine's)."""
+        return {"minutes": self.minutes, "steps": self.steps, "compile": self.compile,
+                "eager_step_seconds": self.eager_step_s, **asdict(self.costs),
+                "expected_seconds": self.expected_s}
+
+
+def plan_budget(config: TrainConfig, steps_per_epoch: int, n_validation: int, device: torch.device,
+                measured: Measured) -> BudgetPlan:
+    """The run length that fits `config.budget` minutes, given what was `measured` (its validation
+    pass over `n_validation` images); the compile choice is resolved here too, for the steps the
+    budget allows. A UsageError when not even one epoch fits."""
+    eager_s, validation_s, checkpoint_s, spent_s = measured
+    target_s = 60 * config.budget * TARGET_FRACTION
+    report_s = REPORT_S + validation_s * min(1.0, REPORT_IMAGES / max(1, n_validation))
+    costs = Costs(eager_s, validation_s + EPOCH_LOG_S, checkpoint_s, spent_s + report_s)
+    steps = steps_within(target_s, costs, steps_per_epoch, config.checkpoint_every)
+    choice = compilation.resolve_compile(config.compile, config.preset, config.model, steps, device, lambda: eager_s)
+    if choice == "on":
+        saving = compilation.COMPILE_SAVING.get(config.model, 0.0)
+        costs = dataclasses.replace(costs, step_s=eager_s * (1 - saving),
+                                    fixed_s=costs.fixed_s + compilation.COMPILE_COST_S)
+        steps = steps_within(target_s, costs, steps_per_epoch, config.checkpoint_every)
+    if steps < steps_per_epoch:
+        need_s = costs.seconds(steps_per_epoch, steps_per_epoch, config.checkpoint_every) / TARGET_FRACTION
+        raise UsageError(f"--budget {config.budget:g} min is too short for one epoch here ({steps_per_epoch:,d} "
+                         f"steps at {1000 * costs.step_s:.3g} ms, validation {validation_s:.2g} s): give at least "
+                         f"{math.ceil(need_s / 6) / 10:g} min, or fewer images (--train-subset)")
+    return BudgetPlan(config.budget, steps, steps_per_epoch, choice, eager_s, costs,
+                      costs.seconds(steps, steps_per_epoch, config.checkpoint_every))
+
+
+def validation_seconds(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       config: TrainConfig, device: torch.device) -> float:
+    """Seconds of one validation pass, on a copy of `model` (its first pass also warms it up,
+    so this errs long)."""
+    model = copy.deepcopy(model)
+    started = time.perf_counter()
+    with precision.autocast(device, config.amp == "bf16"):
+        loss_and_accuracy(model, images, labels, channels_last=config.channels_last)
+    return time.perf_counter() - started
+
+
+def checkpoint_seconds(state_dict: Callable[[], dict[str, Any]]) -> float:
+    """Seconds of one checkpoint, estimated as twice its serialisation in memory: the file write
+    and fsync of a few MB cost about as much again."""
+    started = time.perf_counter()
+    torch.save(state_dict(), io.BytesIO())
+    return 2 * (time.perf_counter() - started)
