@@ -35,12 +35,13 @@ class Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- train
-# The fields that set a training run's length from a step count or a clock: train's only. lr-find
-# sweeps its own --steps; a tune trial's length is its epochs, which the pruner counts.
-RUN_LENGTH_FIELDS = ("steps", "budget")
+# Config fields only train takes: a run's length from a step count or a clock (lr-find sweeps its
+# own --steps; a tune trial's length is its epochs, which the pruner counts), and ensembles (a
+# trial or a sweep is one network).
+TRAIN_ONLY_FIELDS = ("steps", "budget", "members")
 
 
-def add_config_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = RUN_LENGTH_FIELDS) -> None:
+def add_config_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = TRAIN_ONLY_FIELDS) -> None:
     """--preset and one flag per TrainConfig field but `exclude` (train, tune and lr-find share them)."""
     from mnist_cnn import config as cfg
 
@@ -160,8 +161,8 @@ def run_lr_find(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- evaluate
 def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", nargs="+",
-                   help="run directory, a .pt checkpoint file, or an exported .onnx file; several = an ensemble "
-                        "(their probabilities averaged)")
+                   help="run directory (an ensemble run counts as its members), a .pt checkpoint file, or an "
+                        "exported .onnx file; several = an ensemble (their probabilities averaged)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average each model's probabilities over the image and its four "
                         "1-pixel shifts (5x the compute)")
@@ -191,7 +192,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
-    if many:
+    if result.members:  # several runs, an ensemble run, or TTA: each model alone, then together
         print(format_members(result) + "\n")
     print(format_report(result))
     if result.files:

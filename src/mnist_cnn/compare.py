@@ -16,7 +16,8 @@ from mnist_cnn.data.registry import DATASETS
 from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import read_json
 from mnist_cnn.models import count_parameters, create_model, saved_shape
-from mnist_cnn.runs import EpochRecord, read_metrics_csv, read_run_info
+from mnist_cnn.runs import (ENSEMBLE_REPORT, EpochRecord, ensemble_config, is_ensemble_run, member_dir,
+                            read_metrics_csv, read_run_info)
 
 
 @dataclass
@@ -50,15 +51,20 @@ def summarize_run(run: str | Path) -> RunSummary:
         raise UsageError(f"{run} is not an mnist-cnn run directory (no config.json)")
     config = read_json(path / "config.json")
     status = read_run_info(path)["status"]
-    history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+    ensemble = is_ensemble_run(path)
+    members = [member_dir(path, k) for k in range(1, ensemble_config(path).members + 1)] if ensemble else [path]
+    # An ensemble's history is its members' epochs one after another; its validation accuracy is the ensemble's.
+    history = [r for m in members if (m / "metrics.csv").is_file() for r in read_metrics_csv(m / "metrics.csv")]
     spec = DATASETS.get(config.get("dataset", ""))
     try:
-        parameters = count_parameters(create_model(config["model"], num_classes=len(spec.class_names) if spec else 10,
-                                                    **saved_shape(config)))
+        parameters = len(members) * count_parameters(create_model(
+            config["model"], num_classes=len(spec.class_names) if spec else 10, **saved_shape(config)))
     except (UsageError, KeyError):  # a model this version does not know
         parameters = 0
     test = path / "evaluation" / "test.json"
     test_accuracy = float(read_json(test)["accuracy"]) if test.is_file() else None
+    if ensemble:
+        return _ensemble_summary(path, status, config, parameters, history, test_accuracy)
     best = max(history, key=lambda r: r.validation_accuracy) if history else None
     return RunSummary(
         name=path.name, path=str(path), status=status, preset=config.get("preset", "?"),
@@ -68,6 +74,20 @@ def summarize_run(run: str | Path) -> RunSummary:
         best_validation_accuracy=best.validation_accuracy if best else None,
         best_epoch=best.epoch if best else None, test_accuracy=test_accuracy,
         minutes=sum(r.seconds for r in history) / 60, history=history)
+
+
+def _ensemble_summary(path: Path, status: str, config: dict[str, Any], parameters: int, history: list[EpochRecord],
+                      test_accuracy: float | None) -> RunSummary:
+    """An ensemble's row: all its members' weights and epochs, and the ensemble's own validation
+    accuracy (ensemble.json, written when the last member finishes)."""
+    report = path / ENSEMBLE_REPORT
+    validation = float(read_json(report)["validation_accuracy"]) if report.is_file() else None
+    return RunSummary(
+        name=path.name, path=str(path), status=status, preset=config.get("preset", "?"),
+        model=f"{config.get('members')} x {config.get('model', '?')}", dataset=config.get("dataset", "?"),
+        parameters=parameters, epochs_done=len(history), epochs=int(config.get("epochs", 0)) * int(config.get("members", 1)),
+        final_validation_accuracy=validation, best_validation_accuracy=validation, best_epoch=None,
+        test_accuracy=test_accuracy, minutes=sum(r.seconds for r in history) / 60, history=history)
 
 
 def compare_runs(runs: Sequence[str | Path]) -> list[RunSummary]:

@@ -90,6 +90,11 @@ class TrainConfig:
                             "--config RUN/config.json repeats the run without measuring; not with --epochs, --steps or "
                             "preset seed (docs/training.md)",
                             metavar="MINUTES")
+    members: int = setting(1, "networks trained one after another into RUN/members/1..K and used as one model, "
+                           "their probabilities averaged (evaluate, predict, serve, export and the Python API take "
+                           "RUN as one model); member k uses seed + k - 1 (its own init, data order and "
+                           "augmentation draws); with --budget each member gets budget / K (docs/training.md)",
+                           metavar="K")
     batch_size: int = setting(128, "images per optimizer step")
     optimizer: str = setting("adam", "optimizer", ("adam", "adamw", "sgd"))
     lr: float = setting(3e-3, "learning rate (the peak rate when a schedule is used)")
@@ -329,9 +334,13 @@ def validate(c: TrainConfig) -> None:
     need(c.threads >= 0, f"threads must be >= 0, not {c.threads}")
     need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, not {c.checkpoint_every}")
     need(0 <= c.seed < 2**32, f"seed must be in 0..4294967295 (numpy's seed range), not {c.seed}")
+    need(1 <= c.members <= MAX_MEMBERS, f"members must be from 1 to {MAX_MEMBERS}, not {c.members}")
+    need(c.seed + c.members - 1 < 2**32, f"seed {c.seed} + {c.members} members runs past 4294967295, the last seed")
     _validate_augment(c)
 
 
+# Members of one ensemble: each is a whole run, trained one after another.
+MAX_MEMBERS = 64
 # A year of minutes: far beyond any run, and the planning's arithmetic stays finite below it.
 MAX_BUDGET_MINUTES = 525_600
 

@@ -136,21 +136,25 @@ def evaluate(model_or_models: Any, split: str | Split = "test", dataset: Any = N
     """Metrics of a trained model, or of several as an ensemble, on a split.
 
     `model_or_models`: a run directory, a .pt checkpoint, an .onnx file, a loaded Classifier or
-    `train`'s result, or a list of them (their probabilities averaged). `split`: "train",
+    `train`'s result, or a list of them (their probabilities averaged); an ensemble run counts as
+    its members. `split`: "train",
     "validation" or "test" of `dataset` (default: the data set the models were trained on, loaded
     again), or a data.Split itself. `tta`: average each model's probabilities over the image and
     its shifted views (len(TTA_SHIFTS) forward passes). An ensemble, or TTA, also scores each
     member alone (`members`)."""
     many = isinstance(model_or_models, (list, tuple))
-    classifiers = [load_run(m, device) for m in (model_or_models if many else [model_or_models])]
-    if not classifiers:
+    loaded = [load_run(m, device) for m in (model_or_models if many else [model_or_models])]
+    if not loaded:
         raise UsageError("an ensemble needs at least one run")
+    # An ensemble run counts as its members: the same average, and each member scored alone.
+    classifiers = [member for c in loaded for member in (c.members or (c,))]
+    many = len(classifiers) > 1
     _check_same_task(classifiers)
     part, split_name = _split_for(classifiers[0], split, dataset, data_dir)
     member_log_probs = [classifier_log_probs(c, part.images, tta) for c in classifiers]
     log_probs = member_log_probs[0] if len(classifiers) == 1 else ensemble_log_probs(member_log_probs)
     evaluation = summarize(log_probs, part.labels, classifiers[0].class_names, split_name)
-    evaluation.source = " + ".join(str(c.source) for c in classifiers) + (" (TTA)" if tta else "")
+    evaluation.source = " + ".join(str(c.source) for c in loaded) + (" (TTA)" if tta else "")
     evaluation.tta, evaluation.split_data = tta, part
     if many or tta:
         labels = part.labels.long()

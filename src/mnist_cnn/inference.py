@@ -19,8 +19,8 @@ from torch import nn
 
 from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.errors import CheckpointError, UsageError, escape_controls
-from mnist_cnn.models import create_model, load_model_state, saved_shape
-from mnist_cnn.runs import CHECKPOINT, read_run_info
+from mnist_cnn.models import Ensemble, create_model, load_model_state, saved_shape
+from mnist_cnn.runs import CHECKPOINT, ensemble_config, is_ensemble_run, member_dir, read_run_info
 from mnist_cnn import precision
 
 PIXEL_SCALE = 255.0  # uint8 pixel -> [0, 1]: the lesson's input scaling, here and nowhere else
@@ -92,6 +92,7 @@ class Classifier:
     global_step: int = 0                       # the training step the weights come from (TensorBoard x axis)
     status: str = "unknown"                    # run.json's status for a run, else "unknown"
     bf16: bool = False                         # run under bf16 autocast (precision.inference_bf16)
+    members: tuple["Classifier", ...] = ()     # an ensemble run's members, each alone (`model` averages them)
     _session: Any = field(default=None, repr=False)
 
     def logits(self, images_u8: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -122,12 +123,15 @@ def is_onnx(path: str | Path) -> bool:
 
 
 def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
-    """The one way to load a trained model: a run directory (its checkpoint.pt), a named .pt
-    checkpoint (that file, whatever its name), or an .onnx file from `mnist-cnn export` (CPU).
+    """The one way to load a trained model: a run directory (its checkpoint.pt; an ensemble run's
+    members as one model), a named .pt checkpoint (that file, whatever its name), or an .onnx file
+    from `mnist-cnn export` (CPU).
     Any problem is one CheckpointError/UsageError line."""
     path = Path(path)
     if is_onnx(path):
         return _load_onnx(path)
+    if is_ensemble_run(path):
+        return _load_ensemble(path, device)
     if path.is_dir():
         checkpoint = path / CHECKPOINT
         if not checkpoint.is_file():
@@ -147,6 +151,26 @@ def load_classifier(path: str | Path, device: str = "auto") -> Classifier:
     return Classifier(tuple(escape_controls(c) for c in state["class_names"]), dict(state["config"]), path, "run",
                       model=model, run_dir=run_dir, global_step=int(state.get("global_step", 0)), status=status,
                       bf16=precision.inference_bf16(dict(state["config"]), torch_device))
+
+
+def _load_ensemble(run_dir: Path, device: str) -> Classifier:
+    """An ensemble run (`train --members K`) as one Classifier: every member with a checkpoint, their
+    probabilities averaged by `Ensemble`; `members` keeps each one alone."""
+    config = ensemble_config(run_dir)
+    present = [d for d in (member_dir(run_dir, k) for k in range(1, config.members + 1)) if (d / CHECKPOINT).is_file()]
+    if not present:
+        raise CheckpointError(f"{run_dir} is an ensemble of {config.members} with no member trained yet; "
+                              f"continue it with: mnist-cnn train --resume {run_dir}")
+    members = tuple(load_classifier(d, device) for d in present)
+    first = members[0]
+    for m in members[1:]:
+        if m.class_names != first.class_names:
+            raise CheckpointError(f"{m.source} predicts classes {', '.join(m.class_names)}, but {first.source} "
+                                  f"predicts {', '.join(first.class_names)}; {run_dir} is not one ensemble")
+    return Classifier(first.class_names, dict(first.config, members=config.members, seed=config.seed), run_dir, "run",
+                      model=Ensemble([m.model for m in members]).eval(), run_dir=run_dir,
+                      global_step=sum(m.global_step for m in members), status=read_run_info(run_dir)["status"],
+                      bf16=first.bf16, members=members)
 
 
 def _build_model(state: dict[str, Any], source: Path) -> nn.Module:

@@ -9,6 +9,13 @@
         train/ validation/  TensorBoard event files (the lesson's two writers)
         plots/              PNG curves and sample classifications
 
+An ensemble (`--members K`) is one run directory holding K member runs, trained one after another:
+
+    runs/<name>/
+        run.json config.json environment.json   as above, for the whole ensemble
+        members/1/ ... members/K/               each a run directory as above
+        ensemble.json                           validation accuracy of the ensemble and of each member
+
 Training writes these through runlog.py (TrainingRun, RunLogger) and checkpoint.py; every other
 command reads them through the names here.
 """
@@ -31,10 +38,14 @@ import torch
 from mnist_cnn import data  # data.load_dataset is looked up per call: tests swap in synthetic data
 from mnist_cnn.data import Split
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
-from mnist_cnn.fileio import atomic_write_bytes, read_json
+from mnist_cnn import config as cfg
+from mnist_cnn.config import TrainConfig
+from mnist_cnn.fileio import atomic_write_bytes, read_json, read_settings_file
 from mnist_cnn.version import __version__
 
 CHECKPOINT = "checkpoint.pt"
+MEMBERS = "members"           # an ensemble's member runs: RUN/members/1 .. RUN/members/K
+ENSEMBLE_REPORT = "ensemble.json"
 LOCK = ".lock"  # held (flock) by the one process training the run; the OS drops it when that process dies
 SPLITS = ("train", "validation", "test")
 
@@ -203,7 +214,8 @@ def failed_before_first_checkpoint(run_dir: Path) -> bool:
         status = read_run_info(run_dir)["status"]
     except (MnistCnnError, OSError):
         return False
-    return status == "failed" and not (run_dir / CHECKPOINT).exists()
+    saved = (run_dir / CHECKPOINT).exists() or any((run_dir / MEMBERS).glob(f"*/{CHECKPOINT}"))  # an ensemble's
+    return status == "failed" and not saved
 
 
 def lock_run(run_dir: Path) -> IO[str]:
@@ -223,14 +235,38 @@ def lock_run(run_dir: Path) -> IO[str]:
     return f
 
 
+def is_ensemble_run(run_dir: str | Path) -> bool:
+    """An ensemble's run directory: members/ and no checkpoint of its own."""
+    run_dir = Path(run_dir)
+    return run_dir.is_dir() and (run_dir / MEMBERS).is_dir() and not (run_dir / CHECKPOINT).exists()
+
+
+def member_dir(run_dir: str | Path, k: int) -> Path:
+    """The run directory of an ensemble's member k (1-based)."""
+    return Path(run_dir) / MEMBERS / str(k)
+
+
+def ensemble_config(run_dir: str | Path) -> TrainConfig:
+    """An ensemble run's config.json, checked (its `members` says how many member runs it has);
+    a one-line CheckpointError when it is missing, oversized or not a valid config."""
+    path = Path(run_dir) / "config.json"
+    try:
+        values = read_settings_file(path, "ensemble config")
+        if not isinstance(values, dict):
+            raise UsageError(f"it holds {describe_value(values)}, not a JSON object")
+        return cfg.from_dict(dict(values))
+    except UsageError as e:
+        raise CheckpointError(f"{path} is not a usable ensemble config: {e}") from None
+
+
 def resolve_run(path: str | Path) -> Path:
-    """A run directory given as itself or as its checkpoint file."""
+    """A run directory given as itself or as its checkpoint file (or an ensemble's directory)."""
     p = Path(path)
     if p.is_file() and p.suffix == ".pt":
         p = p.parent
     if not p.is_dir():
         raise UsageError(f"no run directory at {path}")
-    if not (p / CHECKPOINT).is_file():
+    if not (p / CHECKPOINT).is_file() and not is_ensemble_run(p):
         raise CheckpointError(f"{p} has no {CHECKPOINT}: not a finished or resumable mnist-cnn run")
     return p
 

@@ -189,6 +189,9 @@ def show_run(run: str | Path, index: int | None = 0, image: str | Path | None = 
     if is_onnx(run):
         raise UsageError("show needs the PyTorch run (its layers), not an exported .onnx file")
     classifier = load_classifier(run, device)
+    if classifier.members:
+        raise UsageError(f"{run} is an ensemble of {len(classifier.members)} networks; show draws one network's "
+                         f"layers: mnist-cnn show {classifier.members[0].source}")
     model = classifier.model
     true = None
     if image is not None:

@@ -9,6 +9,7 @@ import csv
 from pathlib import Path
 
 from mnist_cnn.errors import UsageError
+from mnist_cnn.runs import is_ensemble_run, member_dir
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[float, int, float]]]:
@@ -24,18 +25,26 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[float, int, float]]]:
 
 
 def run_writers(run_dir: str | Path) -> list[Path]:
-    """The writer folders of a run (train/, validation/, ...): those holding event files."""
+    """The writer folders of a run (train/, validation/, ...): those holding event files; an
+    ensemble run's are its members' (members/1/train/, ...)."""
     run_dir = Path(run_dir)
-    writers = sorted(p for p in run_dir.iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))) \
-        if run_dir.is_dir() else []
+    folders = [run_dir, *sorted(member_dir(run_dir, 1).parent.iterdir())] if is_ensemble_run(run_dir) else [run_dir]
+    writers = [p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())
+               if p.is_dir() and any(p.glob("events.out.tfevents.*"))]
     if not writers:
         raise UsageError(f"{run_dir} holds no TensorBoard event files (expected train/ and validation/)")
     return writers
 
 
+def writer_name(run_dir: str | Path, writer: Path) -> str:
+    """A writer's name as TensorBoard shows it under `--logdir RUN`: "train", or an ensemble
+    member's "members/1/train" (with '-' for '/', as a file name)."""
+    return writer.relative_to(run_dir).as_posix().replace("/", "-")
+
+
 def read_run_scalars(run_dir: str | Path) -> dict[str, dict[str, list[tuple[float, int, float]]]]:
     """{writer: {tag: [(wall_time, step, value)]}} for every writer of a run."""
-    return {w.name: read_scalars(w) for w in run_writers(run_dir)}
+    return {writer_name(run_dir, w): read_scalars(w) for w in run_writers(run_dir)}
 
 
 def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -49,7 +58,7 @@ def export_csv(run_dir: str | Path, out_dir: str | Path | None = None) -> list[P
     written = []
     for writer in writers:
         for tag, rows in read_scalars(writer).items():
-            path = out / f"run-{writer.name}-tag-{tag.replace('/', '_')}.csv"
+            path = out / f"run-{writer_name(run_dir, writer)}-tag-{tag.replace('/', '_')}.csv"
             with open(path, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["Wall time", "Step", "Value"])

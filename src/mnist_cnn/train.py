@@ -35,9 +35,12 @@ from mnist_cnn.data.load import check_request
 from mnist_cnn.distributed import SingleProcess, Strategy
 from mnist_cnn.errors import CheckpointError, MnistCnnError, UsageError
 from mnist_cnn.fileio import read_json, write_json
-from mnist_cnn.inference import predict_logits, select_device, to_input
+from mnist_cnn.inference import load_classifier, predict_logits, select_device, to_input
 from mnist_cnn.runlog import NullBar, NullLogger, RunLogger, TrainingRun, closing_report, training_run
-from mnist_cnn.runs import (CHECKPOINT, EpochRecord, create_run_dir, default_run_name, environment_info,
+from mnist_cnn.evaluate import evaluate
+from mnist_cnn.models import Ensemble
+from mnist_cnn.runs import (CHECKPOINT, ENSEMBLE_REPORT, MEMBERS, EpochRecord, create_run_dir, default_run_name,
+                            ensemble_config, environment_info, is_ensemble_run, member_dir, read_metrics_csv,
                             read_run_info, resolve_run)
 from mnist_cnn.trainstate import TrainState, resumable_checkpoint, seed_everything
 
@@ -47,6 +50,10 @@ class TrainingInterrupted(MnistCnnError):
 
     exit_code = 130
     run_status = "interrupted"  # what run.json says (runs.training_run)
+
+    def __init__(self, position: str, run_dir: Path | str) -> None:
+        super().__init__(f"training stopped {position}; state saved. Resume with: mnist-cnn train --resume {run_dir}")
+        self.position = position  # e.g. "by SIGINT at epoch 2, step 40/430"
 
 
 class TrainingDiverged(MnistCnnError):
@@ -60,6 +67,8 @@ class TrainResult:
     model: nn.Module
     config: TrainConfig
     stopped_early: bool = False  # `on_epoch_end` asked to stop before the config's last epoch
+    global_step: int = 0         # optimizer steps taken (an ensemble: all its members')
+    members: list["TrainResult"] = field(default_factory=list)  # an ensemble's member runs, in order
 
 
 @dataclass
@@ -124,13 +133,27 @@ def train(config: TrainConfig | None = None, *, out_dir: str | Path = "runs", na
           print_fn: Callable[[str], None] = print, progress: bool | None = None,
           stop_after_steps: int | None = None,
           on_epoch_end: Callable[[EpochRecord], bool | None] | None = None) -> TrainResult:
-    """Train a model into a run directory (or continue one with `resume`).
+    """Train a model into a run directory (or continue one with `resume`); with `config.members`
+    K > 1, an ensemble of K member runs in one directory (`train_ensemble`).
 
     `dataset` may be a preloaded `mnist_cnn.data.Dataset` (tests, notebooks); otherwise the
     config's data set is loaded. `stop_after_steps` simulates an interruption (tests).
     `on_epoch_end(record)` runs on the main process after each epoch's validation, logs and
     checkpoint; returning True stops training there (run.json status "stopped").
     """
+    options = dict(dataset=dataset, print_fn=print_fn, progress=progress, stop_after_steps=stop_after_steps,
+                   on_epoch_end=on_epoch_end)
+    ensemble_dir = _ensemble_to_resume(resume)
+    if ensemble_dir is not None or (resume is None and config is not None and config.members > 1):
+        return train_ensemble(config, ensemble_dir, out_dir=out_dir, name=name, force=force, **options)
+    return _train_one(config, out_dir=out_dir, name=name, force=force, resume=resume, **options)
+
+
+def _train_one(config: TrainConfig | None, *, out_dir: str | Path, name: str | None, force: bool,
+               resume: str | Path | None, dataset: Any, print_fn: Callable[[str], None], progress: bool | None,
+               stop_after_steps: int | None,
+               on_epoch_end: Callable[[EpochRecord], bool | None] | None) -> TrainResult:
+    """`train` for one network."""
     started = time.monotonic()  # a --budget counts from here
     resume_dir, saved = (None, None) if resume is None else _resume_point(resume)
     config = resumable_checkpoint(saved, resume_dir / CHECKPOINT) if saved else config or cfg.make_config()
@@ -193,7 +216,7 @@ def _train_run(state: TrainState, data: TrainData, run: TrainingRun, strategy: S
             predicted = predict_logits(state.eval_model, val_x.to(strategy.device),
                                        channels_last=state.config.channels_last).argmax(1).cpu()
         closing_report(run.dir, state.history, (val_x, val_y, predicted), data.class_names, print_fn)
-    return TrainResult(run.dir, state.history, state.eval_model, state.config, stopped_early)
+    return TrainResult(run.dir, state.history, state.eval_model, state.config, stopped_early, state.global_step)
 
 
 def fit(state: TrainState, loop: Loop, on_epoch_end: Callable[[EpochRecord], bool | None] | None = None) -> bool:
@@ -203,7 +226,7 @@ def fit(state: TrainState, loop: Loop, on_epoch_end: Callable[[EpochRecord], boo
         record = end_epoch(state, loop, started)
         more = state.epoch < state.epochs_total
         if loop.strategy.agreed_stop(loop.stop.signal_name) and more:
-            raise TrainingInterrupted(_interrupt_message(loop, state))
+            raise TrainingInterrupted(_interrupt_position(loop, state), loop.run.dir if loop.run else '')
         if on_epoch_end is not None:
             wants_stop = loop.strategy.is_main and bool(on_epoch_end(record))
             if loop.strategy.main_decides(wants_stop) and more:
@@ -222,7 +245,7 @@ def train_epoch(state: TrainState, loop: Loop) -> float:
     finished = run_steps(state, loop, order, log, started, bar)
     bar.close()
     if not finished:  # stopped mid-epoch, state saved in run_steps
-        raise TrainingInterrupted(_interrupt_message(loop, state))
+        raise TrainingInterrupted(_interrupt_position(loop, state), loop.run.dir if loop.run else '')
     log_steps(state, loop, log)
     return started
 
@@ -420,6 +443,113 @@ def _measure_costs(state: TrainState, data: TrainData, device: torch.device, sta
                            time.monotonic() - started)
 
 
+# ---------------------------------------------------------------- ensembles
+
+def train_ensemble(config: TrainConfig | None, resume_dir: Path | None, *, out_dir: str | Path, name: str | None,
+                   force: bool, dataset: Any, print_fn: Callable[[str], None], progress: bool | None,
+                   stop_after_steps: int | None,
+                   on_epoch_end: Callable[[EpochRecord], bool | None] | None) -> TrainResult:
+    """`config.members` runs, one after another, in RUN/members/1..K (runs.py), used as one model.
+    Member k trains `config` with seed + k - 1. A budget gives member 1 budget / K; its resolved
+    length (and precision and compile choice) becomes every member's and config.json's, so
+    `--config RUN/config.json` repeats the ensemble. A resume (`resume_dir`) continues with the
+    member that was running. `stop_after_steps` counts the steps of all members together."""
+    if distributed.env_info().world_size > 1:
+        raise UsageError("an ensemble trains its members one after another in one process; run it without torchrun")
+    if resume_dir is not None:
+        config = ensemble_config(resume_dir)
+    run_dir = resume_dir or _new_ensemble_dir(config, out_dir, name, force)
+    members: list[TrainResult] = []
+    with training_run(run_dir, True, 0 if resume_dir else None) as run:
+        run.write_json("environment.json", _ensemble_environment(config, run_dir, resumed=resume_dir is not None))
+        for k in range(1, config.members + 1):
+            done = sum(m.global_step for m in members)
+            left = None if stop_after_steps is None else stop_after_steps - done
+            try:
+                members.append(_train_member(config, run_dir, k, dataset=dataset, print_fn=print_fn,
+                                             progress=progress, stop_after_steps=left, on_epoch_end=on_epoch_end))
+            except TrainingInterrupted as e:  # resume the ensemble, not the member alone
+                raise TrainingInterrupted(f"{e.position} of member {k} of {config.members}", run_dir) from None
+            if k == 1:  # the length, precision and compile choice member 1 settled, for all
+                config = _settled(config, members[0].config)
+                run.write_json("config.json", cfg.to_dict(config))
+            if members[-1].stopped_early:
+                break
+        stopped = members[-1].stopped_early
+        if not stopped:
+            _ensemble_report(run_dir, dataset, print_fn)
+        run.set_status("stopped" if stopped else "complete")
+    return TrainResult(run_dir, [r for m in members for r in m.history], Ensemble([m.model for m in members]),
+                       config, stopped, sum(m.global_step for m in members), members)
+
+
+def _ensemble_to_resume(resume: str | Path | None) -> Path | None:
+    """The ensemble run `resume` names, or None (nothing to resume, or a single network's run)."""
+    if resume is None:
+        return None
+    run_dir = resolve_run(resume)
+    if not is_ensemble_run(run_dir):
+        return None
+    if read_run_info(run_dir)["status"] == "complete":
+        raise UsageError(f"{run_dir} already finished all its members; nothing to resume")
+    return run_dir
+
+
+def _new_ensemble_dir(config: TrainConfig, out_dir: str | Path, name: str | None, force: bool) -> Path:
+    path = _new_run_dir(config, out_dir, name, force)
+    (path / MEMBERS).mkdir()
+    return path
+
+
+def _ensemble_environment(config: TrainConfig, run_dir: Path, resumed: bool) -> dict[str, Any]:
+    """The ensemble's environment.json: this machine, and the budget as given when it started."""
+    budget_record = (_kept_budget_record(run_dir) if resumed else
+                     {"budget": {"minutes": config.budget, "member_minutes": config.budget / config.members}}
+                     if config.budget else {})
+    return {**environment_info(select_device(config.device), config.seed), "members": config.members,
+            **budget_record}
+
+
+def _train_member(config: TrainConfig, run_dir: Path, k: int, **options: Any) -> TrainResult:
+    """Member k of the ensemble `config` describes: trained, continued, or (finished) read back."""
+    member = member_dir(run_dir, k)
+    print_fn = options["print_fn"]
+    if (member / CHECKPOINT).is_file():
+        if read_run_info(member)["status"] == "complete":
+            return _finished_member(member)
+        print_fn(f"Ensemble {run_dir}: continuing member {k} of {config.members}")
+        return _train_one(None, out_dir=run_dir / MEMBERS, name=None, force=False, resume=member, **options)
+    print_fn(f"Ensemble {run_dir}: member {k} of {config.members} (seed {config.seed + k - 1})")
+    member_config = dataclasses.replace(config, members=1, seed=config.seed + k - 1,
+                                        budget=config.budget / config.members)
+    # force: a member folder without a checkpoint holds nothing to keep (a start cut short).
+    return _train_one(member_config, out_dir=run_dir / MEMBERS, name=str(k), force=True, resume=None, **options)
+
+
+def _finished_member(member: Path) -> TrainResult:
+    """A member that finished before this call, read back from its run directory."""
+    classifier = load_classifier(member, "cpu")
+    return TrainResult(member, read_metrics_csv(member / "metrics.csv"), classifier.model,
+                       cfg.from_dict(dict(classifier.config)), False, classifier.global_step)
+
+
+def _settled(config: TrainConfig, member: TrainConfig) -> TrainConfig:
+    """The ensemble's config with what its first member resolved: steps instead of a budget, the
+    epochs they span, the precision and the compile choice."""
+    return dataclasses.replace(config, steps=member.steps, epochs=member.epochs, budget=0.0, amp=member.amp,
+                               compile=member.compile)
+
+
+def _ensemble_report(run_dir: Path, dataset: Any, print_fn: Callable[[str], None]) -> None:
+    """Validation accuracy of the ensemble and of each member, printed and kept in ensemble.json."""
+    result = evaluate(run_dir, "validation", dataset=dataset)
+    members = ", ".join(f"{m.accuracy:.2%}" for m in result.members)
+    write_json(run_dir / ENSEMBLE_REPORT, {"validation_accuracy": result.accuracy, "validation_loss": result.loss,
+                                           "members": [dataclasses.asdict(m) for m in result.members]})
+    print_fn(f"Ensemble of {len(result.members) or 1}: validation accuracy {result.accuracy:.2%} (members alone: "
+             f"{members or f'{result.accuracy:.2%}'}); evaluate it with: mnist-cnn evaluate {run_dir}")
+
+
 def _resume_point(resume: str | Path) -> tuple[Path, dict[str, Any]]:
     """The run directory to continue and its checkpoint."""
     run_dir = resolve_run(resume)
@@ -474,8 +604,7 @@ def _print_nothing(*args: Any, **kwargs: Any) -> None:
     """What ranks other than 0 do instead of printing."""
 
 
-def _interrupt_message(loop: Loop, state: TrainState) -> str:
+def _interrupt_position(loop: Loop, state: TrainState) -> str:
     why = f"by {loop.stop.signal_name}" if loop.stop.signal_name else "on request"
     epoch, step, steps = state.epoch, state.step_in_epoch, state.steps_per_epoch
-    return (f"training stopped {why} at epoch {epoch + (1 if step else 0)}, step {step or steps}/{steps}; "
-            f"state saved. Resume with: mnist-cnn train --resume {loop.run.dir if loop.run else ''}")
+    return f"{why} at epoch {epoch + (1 if step else 0)}, step {step or steps}/{steps}"

@@ -6,8 +6,9 @@ the module is imported. Every model takes `(N, C, 28, 28)` float32 images scaled
 returns `(N, num_classes)` logits, so training, evaluation, export and serving treat them alike.
 """
 from mnist_cnn.models import best, fast, resnet, seed  # noqa: F401  (importing a module registers its model)
+from mnist_cnn.models.ensemble import Ensemble
 from mnist_cnn.models.registry import (SHAPE_OPTIONS, count_parameters, create_model, load_model_state, model_names,
                                        register, saved_shape, shape_options)
 
-__all__ = ["SHAPE_OPTIONS", "count_parameters", "create_model", "load_model_state", "model_names", "register",
+__all__ = ["Ensemble", "SHAPE_OPTIONS", "count_parameters", "create_model", "load_model_state", "model_names", "register",
            "saved_shape", "shape_options"]
