@@ -21,10 +21,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from recipes import _metrics, machine, mean_std, parse_set  # bench/recipes.py: same helpers, same machine line
+from recipes import machine, mean_std, parse_set  # bench/recipes.py: same helpers, same machine line
 
 from mnist_cnn import config as cfg
 from mnist_cnn.augment import TTA_SHIFTS
+from mnist_cnn.compare import summarize_run
 from mnist_cnn.evaluate import evaluate
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.fileio import read_json
@@ -44,6 +45,7 @@ MD_HEADER = ("# Accuracy selection log\n\nWritten by `bench/selection.py` (see d
 # Overrides that change where or how fast a run goes, not the recipe: left out of its name.
 NOT_RECIPE = ("threads", "device", "data_dir")
 RESOLVED = ("amp", "compile")   # "auto" is saved as what this machine resolved it to: any saved value matches it
+BUDGET_RESOLVED = ("budget", "steps", "epochs")
 
 
 def recipe_name(preset: str, dataset: str, overrides: dict[str, str]) -> str:
@@ -71,11 +73,22 @@ def check_same_recipe(run: Path, config: cfg.TrainConfig) -> None:
     """A run is reused by name; refuse one whose recipe differs (a preset changed since it ran)."""
     saved = read_json(run / "config.json")
     wanted = json.loads(json.dumps(cfg.to_dict(config)))
+    # A budget is saved as the steps (and epochs) it resolved to on the machine that ran it.
+    resolved = RESOLVED + (BUDGET_RESOLVED if wanted["budget"] and not saved.get("budget") else ())
     differ = [k for k in sorted(wanted) if k not in NOT_RECIPE and saved.get(k) != wanted[k]
-              and not (k in RESOLVED and wanted[k] == "auto")]
+              and not (k in resolved and (wanted[k] == "auto" or k in BUDGET_RESOLVED))]
     if differ:
         shown = ", ".join(f"{k} {saved.get(k)!r} (now {wanted[k]!r})" for k in differ)
         raise MnistCnnError(f"{run} was trained with another recipe: {shown}; move it away to retrain")
+
+
+def wall_seconds(run: Path) -> float | None:
+    """run.json's start to finish: the whole run's wall time when one call trained it (None when
+    a resume restarted the clock or the times are missing)."""
+    info = read_json(run / "run.json")
+    if info.get("resumed_from_step") or not info.get("finished"):
+        return None
+    return (datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])).total_seconds()
 
 
 def accuracy_over_seeds(runs: list[Path], split: str) -> dict[str, float]:
@@ -142,11 +155,13 @@ def main() -> int:
         test = accuracy_over_seeds(runs, "test") if args.final else None
     except MnistCnnError as e:
         sys.exit(f"error: {e}")
-    minutes = sum(sum(r["seconds"] for r in _metrics(run)) for run in runs) / len(runs) / 60
+    minutes = sum(summarize_run(run).minutes for run in runs) / len(runs)  # training epochs only
+    wall = [wall_seconds(run) for run in runs]
     entry = {"kind": "final" if args.final else "probe" if probe else "candidate", "recipe": name,
              "preset": args.preset, "dataset": config.dataset, "overrides": overrides, "seeds": args.seeds,
              "runs": [str(r) for r in runs], "validation": validation,
              "tta_views": len(TTA_SHIFTS), "test": test, "minutes_per_run": minutes,
+             "wall_seconds_per_run": wall,
              "epochs": config.epochs, "machine": machine(), "command": " ".join(sys.argv),
              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     append_logs(entry)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import mnist_cnn.evaluate as evaluate_module
+from mnist_cnn.budget import Measured
 from conftest import tiny_spec
 from mnist_cnn.data.idx import encode_idx
 from mnist_cnn.data.registry import DATASETS, KEYS
@@ -79,3 +80,22 @@ def test_a_run_of_another_recipe_is_not_reused(select, tmp_path, monkeypatch):
     monkeypatch.setitem(module.cfg.PRESETS, "default", {**module.cfg.PRESETS["default"], "lr": 0.5})
     with pytest.raises(SystemExit, match=r"trained with another recipe: lr 0\.003 \(now 0\.5\); move it away"):
         run(module, monkeypatch, *common)
+
+
+def test_an_ensemble_under_a_budget_is_selected_and_reused_as_one_run(select, tmp_path, monkeypatch, capsys):
+    """A budget is saved as the steps it resolved to; the same recipe's run is still reused, and
+    the log keeps each run's wall time."""
+    module, data, splits = select
+    measured = Measured(step_s=0.01, validation_s=0.01, checkpoint_s=0.01, spent_s=0.1)
+    monkeypatch.setattr("mnist_cnn.train._measure_costs", lambda *a, **k: measured)
+    common = ["--preset", "default", "--dataset", "toyset", "--out", str(tmp_path / "runs"), "--set",
+              f"data_dir={data}", "threads=1", "batch_size=50", "members=2", "budget=0.1"]
+    assert run(module, monkeypatch, *common) == 0
+    entry = json.loads(module.JSON_LOG.read_text())[-1]
+    assert entry["recipe"] == "default-toyset-batch_size50-budget0.1-members2" and set(splits) == {"validation"}
+    assert entry["wall_seconds_per_run"][0] > 0 and entry["minutes_per_run"] > 0
+    saved = json.loads((tmp_path / "runs" / f"{entry['recipe']}-s0" / "config.json").read_text())
+    assert (saved["members"], saved["budget"]) == (2, 0.0) and saved["steps"] > 0
+    capsys.readouterr()
+    assert run(module, monkeypatch, *common) == 0  # reused, not refused for its resolved budget
+    assert "reusing the complete run" in capsys.readouterr().out
