@@ -20,6 +20,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from recipes import machine, mean_std, parse_set  # bench/recipes.py: same helpers, same machine line
 
@@ -91,11 +92,16 @@ def wall_seconds(run: Path) -> float | None:
     return (datetime.fromisoformat(info["finished"]) - datetime.fromisoformat(info["started"])).total_seconds()
 
 
-def accuracy_over_seeds(runs: list[Path], split: str) -> dict[str, float]:
-    plain = [evaluate(r, split, device="auto").accuracy for r in runs]
+def accuracy_over_seeds(runs: list[Path], split: str) -> dict[str, Any]:
+    """Accuracy per seed, plain and with TTA; for ensemble runs also each member's alone."""
+    results = [evaluate(r, split, device="auto") for r in runs]
+    plain = [e.accuracy for e in results]
     tta = [evaluate(r, split, tta=True, device="auto").accuracy for r in runs]
     (m, s), (tm, ts) = mean_std(plain), mean_std(tta)
-    return {"per_seed": plain, "mean": m, "std": s, "tta_per_seed": tta, "tta_mean": tm, "tta_std": ts}
+    out = {"per_seed": plain, "mean": m, "std": s, "tta_per_seed": tta, "tta_mean": tm, "tta_std": ts}
+    if any(e.members for e in results):
+        out["members_per_seed"] = [[member.accuracy for member in e.members] for e in results]
+    return out
 
 
 def is_probe(preset: str, overrides: dict[str, str]) -> bool:

@@ -277,3 +277,21 @@ def test_members_is_train_s_alone(command, capsys):
         main(argv)
     assert exited.value.code == 2
     assert "unrecognized arguments: --members" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the preset
+
+def test_best_ensemble_preset_is_two_best_networks_in_30_minutes_unless_a_length_is_given():
+    preset = cfg.make_config("best-ensemble")
+    best = cfg.make_config("best")
+    assert (preset.members, preset.budget, preset.model, preset.augment) == (2, 30.0, best.model, best.augment)
+    assert cfg.make_config("best-ensemble", epochs=3).budget == 0.0   # a length given outright wins
+    assert cfg.make_config("best-ensemble", steps=50).budget == 0.0
+    assert cfg.make_config("best-ensemble", budget=10).budget == 10.0
+
+
+def test_tune_refuses_a_preset_that_trains_an_ensemble_to_a_budget(tmp_path):
+    from mnist_cnn.tune.study import prepare
+
+    with pytest.raises(UsageError, match="tune searches single networks"):
+        prepare(cfg.TuneSettings(study="x", trials=1, preset="best-ensemble", out_dir=str(tmp_path)))

@@ -94,6 +94,7 @@ def test_an_ensemble_under_a_budget_is_selected_and_reused_as_one_run(select, tm
     entry = json.loads(module.JSON_LOG.read_text())[-1]
     assert entry["recipe"] == "default-toyset-batch_size50-budget0.1-members2" and set(splits) == {"validation"}
     assert entry["wall_seconds_per_run"][0] > 0 and entry["minutes_per_run"] > 0
+    assert len(entry["validation"]["members_per_seed"][0]) == 2  # each member alone, beside the ensemble
     saved = json.loads((tmp_path / "runs" / f"{entry['recipe']}-s0" / "config.json").read_text())
     assert (saved["members"], saved["budget"]) == (2, 0.0) and saved["steps"] > 0
     capsys.readouterr()

@@ -46,10 +46,13 @@ def add_config_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = TRAI
     from mnist_cnn import config as cfg
 
     p.add_argument("--preset", default=None, choices=cfg.preset_names(),
-                   help="named starting config: 'seed' is the lesson exactly, 'default' the lesson's network trained the modern way, "
-                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate MNIST recipe, 'resnet-digits' "
-                        "a residual net that ties it in twice the time, 'resnet-fashion' the most accurate "
-                        "Fashion-MNIST one (docs/accuracy.md) (default: default)")
+                   help="named starting config; the times are wall time on a 2-core AMD EPYC: 'seed' is the lesson "
+                        "exactly (100 epochs, ~11 min), 'default' the lesson's network trained the modern way (~1 min), "
+                        "'fast' a small net reaching 99%% in seconds, 'best' the most accurate single MNIST network "
+                        "(~14 min), 'resnet-digits' a residual net that ties it in twice the time (~28 min), "
+                        "'resnet-fashion' the most accurate Fashion-MNIST one (~29 min), 'best-ensemble' two 'best' "
+                        "networks used as one model, in a budget of 30 min (--epochs or --steps replace a preset's "
+                        "budget; docs/accuracy.md) (default: default)")
     cfg.add_flags(p.add_argument_group("config overrides (defaults shown are the 'default' preset's)"),
                   cfg.TrainConfig, exclude=("preset", *exclude))
     p.set_defaults(config_excluded=exclude)  # for config_overrides

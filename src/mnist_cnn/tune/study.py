@@ -52,6 +52,9 @@ def prepare(settings: TuneSettings) -> StudyPlan:
     if settings.timeout is not None and settings.timeout <= 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {settings.timeout:g}")
     fixed = cfg.make_config(settings.preset, **settings.fixed)  # the fixed part alone must be a valid config
+    if fixed.members > 1 or fixed.budget:  # a trial is one network whose epochs the pruner counts
+        raise UsageError(f"preset {settings.preset} trains an ensemble to a time budget; tune searches single "
+                         "networks trained for a number of epochs: start from another preset (e.g. --preset best)")
     resolve_amp(fixed.amp, fixed.preset, select_device(fixed.device))  # a refused --amp fails now, not every trial
     space = (read_space_file(settings.space_file) if settings.space_file
              else default_space(settings.preset, settings.fixed))
