@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mnist_cnn.errors import UsageError
-from mnist_cnn.inference import is_onnx, load_classifier, load_run, to_input
+from mnist_cnn.inference import Classifier, is_onnx, load_classifier, load_run, to_input
 from mnist_cnn.models import count_parameters, create_model
 from mnist_cnn.outputs import OutputDir
 from mnist_cnn.plots import close_figures
@@ -182,16 +182,21 @@ def plot_feature_maps(name: str, maps: torch.Tensor, path: Path, title: str):
     return fig
 
 
+def _one_network(classifier: Classifier) -> Classifier:
+    """`classifier`, refused in one line when it is an ensemble: show draws one network's layers."""
+    if classifier.members:
+        raise UsageError(f"{classifier.source} is an ensemble of {len(classifier.members)} networks; show draws one "
+                         f"network's layers: mnist-cnn show {classifier.members[0].source}")
+    return classifier
+
+
 def show_run(run: str | Path, index: int | None = 0, image: str | Path | None = None, out_dir: str | Path | None = None,
              data_dir: str | None = None, device: str = "cpu", tensorboard: bool = True) -> ShowResult:
     """Write filters-<layer>.png for each conv layer and <image>-<layer>.png for each feature-map
     layer of one image (test image `index`, or the file `image`), into out_dir (default RUN/show)."""
     if is_onnx(run):
         raise UsageError("show needs the PyTorch run (its layers), not an exported .onnx file")
-    classifier = load_classifier(run, device)
-    if classifier.members:
-        raise UsageError(f"{run} is an ensemble of {len(classifier.members)} networks; show draws one network's "
-                         f"layers: mnist-cnn show {classifier.members[0].source}")
+    classifier = _one_network(load_classifier(run, device))
     model = classifier.model
     true = None
     if image is not None:
