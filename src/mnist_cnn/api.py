@@ -140,7 +140,9 @@ def train_model(config: TrainConfig | None = None, *, dataset: Dataset | None = 
     Prints the lesson's lines each epoch (`quiet=True`: nothing). `dataset` is a preloaded
     Dataset (else the config's data set is loaded). `history` holds one record per epoch:
     epoch, seconds, lr, train_loss, train_accuracy, validation_loss, validation_accuracy.
-    The run directory keeps the checkpoint, TensorBoard files, metrics.csv and plots/.
+    The run directory keeps the checkpoint, TensorBoard files, metrics.csv and plots/. With
+    `config.members` K > 1 it holds K member runs used as one model: `run.model` averages their
+    probabilities, `run.members` holds each one's result, `history` their epochs in turn.
 
     >>> import numpy as np
     >>> from mnist_cnn import dataset_from_arrays, make_config, train_model
@@ -162,7 +164,8 @@ def train_model(config: TrainConfig | None = None, *, dataset: Dataset | None = 
 def load_run(run: str | Path | Any, device: str = "cpu") -> Classifier:
     """A trained network from a run directory, its checkpoint.pt, an exported .onnx, or
     `train_model`'s result. `.model` is the PyTorch module, `.class_names` the labels' names,
-    `.config` the training config, `.logits(images_u8)` the raw scores.
+    `.config` the training config, `.logits(images_u8)` the raw scores; an ensemble run is one
+    model averaging its members' probabilities, each member alone in `.members`.
 
     >>> import numpy as np
     >>> from mnist_cnn import dataset_from_arrays, load_run, make_config, train_model
