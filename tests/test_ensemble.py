@@ -295,3 +295,12 @@ def test_tune_refuses_a_preset_that_trains_an_ensemble_to_a_budget(tmp_path):
 
     with pytest.raises(UsageError, match="tune searches single networks"):
         prepare(cfg.TuneSettings(study="x", trials=1, preset="best-ensemble", out_dir=str(tmp_path)))
+
+
+def test_a_budget_too_short_names_the_whole_budget_and_its_split(toy, tmp_path, monkeypatch):
+    monkeypatch.setattr("mnist_cnn.train._measure_costs", lambda *a, **k: MEASURED._replace(step_s=1.0))
+    with pytest.raises(UsageError) as refused:
+        train(small(budget=0.2, members=2), out_dir=tmp_path, name="short", dataset=toy, **QUIET)
+    message = str(refused.value)
+    assert message.startswith("--budget 0.2 min (0.1 min for each of 2 members) is too short for one epoch here")
+    assert "give at least 0.4 min" in message and "\n" not in message

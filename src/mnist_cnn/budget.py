@@ -41,6 +41,21 @@ EPOCH_LOG_S = 0.03
 REPORT_IMAGES = 2000
 
 
+class BudgetTooShort(UsageError):
+    """Not even one epoch fits the budget here."""
+
+    def __init__(self, minutes: float, costs: str, need_minutes: float, members: int = 1) -> None:
+        self.minutes, self.costs, self.need_minutes = minutes, costs, need_minutes  # minutes: one network's
+        share = f" ({minutes:g} min for each of {members} members)" if members > 1 else ""
+        super().__init__(f"--budget {minutes * members:g} min{share} is too short for one epoch here ({costs}): "
+                         f"give at least {math.ceil(need_minutes * members * 10) / 10:g} min, or fewer images "
+                         "(--train-subset)")
+
+    def for_members(self, members: int) -> "BudgetTooShort":
+        """The same refusal, said of an ensemble of `members` whose budget was split between them."""
+        return BudgetTooShort(self.minutes, self.costs, self.need_minutes, members)
+
+
 class Measured(NamedTuple):
     """What was measured here before the run's first step, in seconds."""
 
@@ -131,9 +146,8 @@ def plan_budget(config: TrainConfig, steps_per_epoch: int, n_validation: int, de
         steps = steps_within(target_s, costs, steps_per_epoch, config.checkpoint_every)
     if steps < steps_per_epoch:
         need_s = costs.seconds(steps_per_epoch, steps_per_epoch, config.checkpoint_every) / TARGET_FRACTION
-        raise UsageError(f"--budget {config.budget:g} min is too short for one epoch here ({steps_per_epoch:,d} "
-                         f"steps at {1000 * costs.step_s:.3g} ms, validation {validation_s:.2g} s): give at least "
-                         f"{math.ceil(need_s / 6) / 10:g} min, or fewer images (--train-subset)")
+        raise BudgetTooShort(config.budget, f"{steps_per_epoch:,d} steps at {1000 * costs.step_s:.3g} ms, "
+                                            f"validation {validation_s:.2g} s", need_s / 60)
     return BudgetPlan(config.budget, steps, steps_per_epoch, choice, eager_s, costs,
                       costs.seconds(steps, steps_per_epoch, config.checkpoint_every))
 

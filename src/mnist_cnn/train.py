@@ -470,6 +470,8 @@ def train_ensemble(config: TrainConfig | None, resume_dir: Path | None, *, out_d
                                              progress=progress, stop_after_steps=left, on_epoch_end=on_epoch_end))
             except TrainingInterrupted as e:  # resume the ensemble, not the member alone
                 raise TrainingInterrupted(f"{e.position} of member {k} of {config.members}", run_dir) from None
+            except budget.BudgetTooShort as e:  # said of the budget the user gave, not member 1's share
+                raise e.for_members(config.members) from None
             if k == 1:  # the length, precision and compile choice member 1 settled, for all
                 config = _settled(config, members[0].config)
                 run.write_json("config.json", cfg.to_dict(config))
