@@ -154,16 +154,17 @@ MEASURED = budget.Measured(step_s=0.05, validation_s=0.01, checkpoint_s=0.01, sp
 
 def test_budget_splits_between_members_and_config_json_repeats_the_ensemble(toy, tmp_path, monkeypatch):
     monkeypatch.setattr("mnist_cnn.train._measure_costs", lambda *a, **k: MEASURED)
-    result = train(small(budget=0.3, epochs=6), out_dir=tmp_path, name="b", dataset=toy, **QUIET)
+    result = train(small(budget=0.16, members=2), out_dir=tmp_path, name="b", dataset=toy, **QUIET)
     member_plan = read_json(member_dir(tmp_path / "b", 1) / "environment.json")["budget"]
-    assert member_plan["minutes"] == pytest.approx(0.1)  # a third of the budget each
+    assert member_plan["minutes"] == pytest.approx(0.08)  # half the budget each
     steps = member_plan["steps"]
+    assert steps > STEPS  # the budget, not the preset's 2 epochs, set the length
     top = read_json(tmp_path / "b" / "config.json")
-    assert (top["budget"], top["steps"], top["epochs"], top["members"]) == (0.0, steps, math.ceil(steps / 6), 3)
-    assert read_json(tmp_path / "b" / "environment.json")["budget"] == {"minutes": 0.3,
-                                                                       "member_minutes": pytest.approx(0.1)}
-    assert [read_json(member_dir(tmp_path / "b", k) / "config.json")["steps"] for k in (1, 2, 3)] == [steps] * 3
-    assert result.global_step == 3 * steps
+    assert (top["budget"], top["steps"], top["epochs"], top["members"]) == (0.0, steps, math.ceil(steps / 6), 2)
+    assert read_json(tmp_path / "b" / "environment.json")["budget"] == {"minutes": 0.16,
+                                                                       "member_minutes": pytest.approx(0.08)}
+    assert [read_json(member_dir(tmp_path / "b", k) / "config.json")["steps"] for k in (1, 2)] == [steps] * 2
+    assert result.global_step == 2 * steps
 
     def never(*a, **k):
         raise AssertionError("a resolved config must not measure again")
