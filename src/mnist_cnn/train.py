@@ -518,7 +518,7 @@ def _train_member(config: TrainConfig, run_dir: Path, k: int, **options: Any) ->
     print_fn = options["print_fn"]
     if (member / CHECKPOINT).is_file():
         if read_run_info(member)["status"] == "complete":
-            return _finished_member(member)
+            return _finished_member(member, config.device)
         print_fn(f"Ensemble {run_dir}: continuing member {k} of {config.members}")
         return _train_one(None, out_dir=run_dir / MEMBERS, name=None, force=False, resume=member, **options)
     print_fn(f"Ensemble {run_dir}: member {k} of {config.members} (seed {config.seed + k - 1})")
@@ -528,9 +528,10 @@ def _train_member(config: TrainConfig, run_dir: Path, k: int, **options: Any) ->
     return _train_one(member_config, out_dir=run_dir / MEMBERS, name=str(k), force=True, resume=None, **options)
 
 
-def _finished_member(member: Path) -> TrainResult:
-    """A member that finished before this call, read back from its run directory."""
-    classifier = load_classifier(member, "cpu")
+def _finished_member(member: Path, device: str) -> TrainResult:
+    """A member that finished before this call, read back from its run directory onto the
+    training device (where the members trained in this call are)."""
+    classifier = load_classifier(member, device)
     return TrainResult(member, read_metrics_csv(member / "metrics.csv"), classifier.model,
                        cfg.from_dict(dict(classifier.config)), False, classifier.global_step)
 
