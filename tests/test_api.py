@@ -43,23 +43,30 @@ def test_docstring_example(name, tmp_path, monkeypatch, request):
     assert result.failed == 0, "".join(report)
 
 
-def test_import_is_light():
-    """`import mnist_cnn` does not import PyTorch; the first public name does."""
+@pytest.fixture(scope="module")
+def import_then_help() -> subprocess.CompletedProcess:
+    """One fresh interpreter (a python + torch start-up, paid once for both tests below): imports
+    mnist_cnn, checks that torch is not loaded, uses a public name, then prints help(mnist_cnn)."""
     code = ("import sys, mnist_cnn; assert 'torch' not in sys.modules; "
-            "from mnist_cnn import make_config; assert 'torch' in sys.modules; print(make_config('fast').model)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            "from mnist_cnn import make_config; assert 'torch' in sys.modules; print(make_config('fast').model); "
+            "help(mnist_cnn)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PAGER": "cat", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "fast"
+    return out
+
+
+def test_import_is_light(import_then_help):
+    """`import mnist_cnn` does not import PyTorch; the first public name does."""
+    assert import_then_help.stdout.splitlines()[0] == "fast"
     with pytest.raises(AttributeError):
         mnist_cnn.no_such_name  # noqa: B018
 
 
-def test_help_lists_the_api():
-    out = subprocess.run([sys.executable, "-c", "import mnist_cnn; help(mnist_cnn)"], capture_output=True, text=True,
-                         timeout=120, env={"PAGER": "cat", "PATH": "/usr/bin:/bin"})
-    assert out.returncode == 0, out.stderr
+def test_help_lists_the_api(import_then_help):
+    help_text = import_then_help.stdout.split("\n", 1)[1]
     for name in mnist_cnn.__all__:
-        assert f"\n    {name}(" in out.stdout or f"class {name}(" in out.stdout, name
+        assert f"\n    {name}(" in help_text or f"class {name}(" in help_text, name
 
 
 def test_classify_accepts_every_image_kind(tmp_path):

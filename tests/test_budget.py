@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,34 +145,44 @@ def test_lr_find_steps_are_its_sweeps_and_neither_it_nor_tune_takes_a_budget(cap
 
 # ---------------------------------------------------------------- runs, measurements fixed
 
-def test_budget_run_ends_on_the_planned_step_with_a_partial_last_epoch(toy, tmp_path, monkeypatch):
-    fixed_costs(monkeypatch)
+def fixed_cost_run(toy, out: Path, name: str, config: cfg.TrainConfig, print_fn=QUIET["print_fn"]):
+    """A toy run trained with MEASURED as its measured costs (for module-scoped fixtures)."""
+    with pytest.MonkeyPatch.context() as mp:
+        fixed_costs(mp)
+        return train(config, out_dir=out, name=name, dataset=toy, print_fn=print_fn, progress=False)
+
+
+@pytest.fixture(scope="module")
+def budget_run(toy, tmp_path_factory):
+    """small(budget=0.12) with fixed costs, its printed lines and run directory (read-only)."""
+    out, lines = tmp_path_factory.mktemp("budget"), []
+    return fixed_cost_run(toy, out, "run", small(budget=0.12), lines.append), out / "run", lines
+
+
+def test_budget_run_ends_on_the_planned_step_with_a_partial_last_epoch(budget_run):
     minutes = 0.12  # 79 steps: 6 whole epochs of 12 and a last one of 7
     steps = expected_steps(minutes)
     assert steps % STEPS_PER_EPOCH, "the case needs a partial last epoch"
-    lines = []
-    result = train(small(budget=minutes), out_dir=tmp_path, name="run", dataset=toy, print_fn=lines.append,
-                   progress=False)
-    config = read_json(tmp_path / "run" / "config.json")
+    result, run, lines = budget_run
+    config = read_json(run / "config.json")
     assert (config["steps"], config["budget"], config["epochs"]) == (steps, 0.0, math.ceil(steps / STEPS_PER_EPOCH))
-    assert read_json(tmp_path / "run" / "environment.json")["budget"]["minutes"] == minutes
-    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert read_json(run / "environment.json")["budget"]["minutes"] == minutes
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
     assert checkpoint["global_step"] == steps and checkpoint["config"]["steps"] == steps
     assert len(result.history) == config["epochs"]
-    assert read_json(tmp_path / "run" / "run.json")["status"] == "complete"
+    assert read_json(run / "run.json")["status"] == "complete"
     assert [line for line in lines if line.startswith("budget ")] == [
         line for line in lines if f"-> {steps:,d} steps" in line]
     # The last epoch's training metrics average its own 7 steps, not the 5 left unused.
     assert math.isfinite(result.history[-1].train_loss) and 0 < result.history[-1].train_accuracy <= 1
 
 
-def test_resolved_config_reproduces_the_budget_run_bit_for_bit(toy, tmp_path, monkeypatch):
-    fixed_costs(monkeypatch)
-    first = train(small(budget=0.12), out_dir=tmp_path, name="budget", dataset=toy, **QUIET)
+def test_resolved_config_reproduces_the_budget_run_bit_for_bit(budget_run, toy, tmp_path, monkeypatch):
+    first, first_dir, _ = budget_run
     monkeypatch.setattr("mnist_cnn.train._measure_costs", _never_measures)
-    again = train(cfg.config_from_file(tmp_path / "budget" / "config.json"), out_dir=tmp_path, name="again",
+    again = train(cfg.config_from_file(first_dir / "config.json"), out_dir=tmp_path, name="again",
                   dataset=toy, **QUIET)
-    assert read_json(tmp_path / "again" / "config.json") == read_json(tmp_path / "budget" / "config.json")
+    assert read_json(tmp_path / "again" / "config.json") == read_json(first_dir / "config.json")
     for key, value in first.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key]), key
 
@@ -180,12 +191,18 @@ def _never_measures(*args, **kwargs):
     raise AssertionError("a resolved config must not measure again")
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_budget_run(toy, tmp_path_factory):
+    """The run each interrupted-and-resumed one must equal (read-only)."""
+    return fixed_cost_run(toy, tmp_path_factory.mktemp("full"), "full", small(budget=0.12, checkpoint_every=5))
+
+
 @pytest.mark.parametrize("stop_at", [30, 74])  # mid-epoch 3; inside the partial last epoch (73-76)
-def test_resume_mid_run_continues_to_the_planned_steps(toy, tmp_path, monkeypatch, stop_at):
+def test_resume_mid_run_continues_to_the_planned_steps(toy, uninterrupted_budget_run, tmp_path, monkeypatch, stop_at):
     fixed_costs(monkeypatch)
     config = small(budget=0.12, checkpoint_every=5)
     steps = expected_steps(0.12, checkpoint_every=5)
-    full = train(config, out_dir=tmp_path, name="full", dataset=toy, **QUIET)
+    full = uninterrupted_budget_run
     with pytest.raises(TrainingInterrupted):
         train(config, out_dir=tmp_path, name="cut", dataset=toy, stop_after_steps=stop_at, **QUIET)
     monkeypatch.setattr("mnist_cnn.train._measure_costs", _never_measures)

@@ -139,8 +139,10 @@ def test_run_json_not_json_and_missing(toy_run, tmp_path):
     assert read_run_info(run) == {"status": "unknown"}
 
 
-def test_cli_subprocesses_answer_malformed_files_in_one_line(toy_run, good_state, tmp_path):
-    """The installed entry point as a user runs it (a few real processes; the fuzzing below is in-process)."""
+def test_cli_answers_malformed_files_in_one_line(toy_run, good_state, tmp_path, capsys):
+    """Each malformed file through the CLI: in this process (cheap), and the first evaluate and
+    first resume case also as real processes of the installed entry point, as a user runs them
+    (the fuzzing below is in-process)."""
     cases = {}
     for name, (key, value) in {"class_names": ("class_names", 7), "config": ("config", ["x"]),
                                "epoch": ("epoch", "3"), "history": ("history", [{"loss": 1}])}.items():
@@ -152,8 +154,12 @@ def test_cli_subprocesses_answer_malformed_files_in_one_line(toy_run, good_state
     (listed / "run.json").write_text("[1, 2]")
     cases["resume run.json list"] = ["train", "--resume", str(listed)]
     cases["evaluate run.json list"] = ["evaluate", str(listed)]
-    procs = {name: subprocess.Popen([sys.executable, "-m", "mnist_cnn", *argv], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for name, argv in cases.items()}
+    # Started together: most of a process's time is Python and torch starting up.
+    procs = {name: subprocess.Popen([sys.executable, "-m", "mnist_cnn", *cases[name]], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for name in ("evaluate class_names", "resume class_names")}
+    for name, argv in cases.items():
+        rc, err = run_cli(argv, capsys)
+        assert_one_line(rc, err, name)
     for name, p in procs.items():
         _, err = p.communicate(timeout=300)
         assert_one_line(p.returncode, err, name)

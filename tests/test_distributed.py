@@ -81,11 +81,20 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def single(folder) -> Path:
-    """The reference: one process, plain `python -m mnist_cnn`, no torchrun variables."""
+    """The reference: one process (this one, through the CLI: the launches under test are the
+    torchrun ones), no torchrun variables, torch's thread count restored afterwards."""
+    from mnist_cnn.cli import main
+
     out = folder.parent / "runs"
-    r = run([sys.executable, "-m", "mnist_cnn", "train", "--dataset", "folder", "--data-dir", str(folder),
-             "--out", str(out), "--name", "single", *TRAIN_ARGS])
-    assert r.returncode == 0, r.stderr
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            mp.delenv(name, raising=False)
+        try:
+            assert main(["train", "--dataset", "folder", "--data-dir", str(folder), "--out", str(out),
+                         "--name", "single", *TRAIN_ARGS]) == 0
+        finally:
+            torch.set_num_threads(threads)
     return out / "single"
 
 

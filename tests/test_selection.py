@@ -47,6 +47,8 @@ def run(module, monkeypatch, *args):
 
 
 def test_selection_reads_validation_only_and_final_reads_test_once(select, tmp_path, monkeypatch):
+    """Also: runs are found by name; if the preset changed since one ran, it is refused, not reused
+    (one test, so that the probe run is trained once)."""
     module, data, splits = select
     common = ["--preset", "default", "--dataset", "toyset", "--out", str(tmp_path / "runs"), "--set",
               f"data_dir={data}", "threads=1", "batch_size=50"]
@@ -56,6 +58,7 @@ def test_selection_reads_validation_only_and_final_reads_test_once(select, tmp_p
     assert len(log) == 1 and log[0]["kind"] == "probe" and log[0]["test"] is None
     assert 0 <= log[0]["validation"]["mean"] <= 1 and log[0]["recipe"] == "default-toyset-batch_size50-epochs1"
     assert "| probe | default | toyset |" in module.MD_LOG.read_text() and log[0]["tta_views"] == 5
+    assert run(module, monkeypatch, *common, "epochs=1") == 0  # same recipe: reused
     with pytest.raises(SystemExit, match="drop the epochs"):
         run(module, monkeypatch, *common, "epochs=1", "--final")
     with pytest.raises(SystemExit, match="fixed 5000-image validation split"):
@@ -68,18 +71,9 @@ def test_selection_reads_validation_only_and_final_reads_test_once(select, tmp_p
     assert len(list(module.JSON_LOG.parent.glob("final-default-toyset-batch_size50-*.json"))) == 1
     with pytest.raises(SystemExit, match="already had its final test evaluation"):
         run(module, monkeypatch, *common, "--final")
-
-
-def test_a_run_of_another_recipe_is_not_reused(select, tmp_path, monkeypatch):
-    """Runs are found by name; if the preset changed since one ran, it is refused, not reused."""
-    module, data, _ = select
-    common = ["--preset", "default", "--dataset", "toyset", "--out", str(tmp_path / "runs"), "--set",
-              f"data_dir={data}", "threads=1", "batch_size=50", "epochs=1"]
-    assert run(module, monkeypatch, *common) == 0
-    assert run(module, monkeypatch, *common) == 0  # same recipe: reused
     monkeypatch.setitem(module.cfg.PRESETS, "default", {**module.cfg.PRESETS["default"], "lr": 0.5})
     with pytest.raises(SystemExit, match=r"trained with another recipe: lr 0\.003 \(now 0\.5\); move it away"):
-        run(module, monkeypatch, *common)
+        run(module, monkeypatch, *common, "epochs=1")
 
 
 def test_an_ensemble_under_a_budget_is_selected_and_reused_as_one_run(select, tmp_path, monkeypatch, capsys):

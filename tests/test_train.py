@@ -70,21 +70,31 @@ def test_same_seed_same_weights_and_different_seed_differs(toy, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def interrupt_config():
+    return small(epochs=3, checkpoint_every=4)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy, tmp_path_factory):
+    """The uninterrupted run each interrupted-and-resumed one must equal (read-only, once per module)."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return train(interrupt_config(), out_dir=out, name="full", dataset=toy, **QUIET), out / "full"
+
+
 @pytest.mark.parametrize("stop_at", [5, 12, 17])  # mid-epoch, at an epoch end, mid-epoch 2
-def test_interrupted_then_resumed_is_bit_identical(toy, tmp_path, stop_at):
+def test_interrupted_then_resumed_is_bit_identical(toy, uninterrupted, tmp_path, stop_at):
     # Bit-identity on one machine: both runs are made here, on this CPU, with the same threads.
-    config = small(epochs=3, checkpoint_every=4)
-    full = train(config, out_dir=tmp_path, name="full", dataset=toy, **QUIET)
+    full, full_dir = uninterrupted
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        train(config, out_dir=tmp_path, name="cut", dataset=toy, stop_after_steps=stop_at, **QUIET)
+        train(interrupt_config(), out_dir=tmp_path, name="cut", dataset=toy, stop_after_steps=stop_at, **QUIET)
     assert read_json(tmp_path / "cut" / "run.json")["status"] == "interrupted"
     resumed = train(resume=tmp_path / "cut", dataset=toy, **QUIET)
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    assert (tmp_path / "full" / "metrics.csv").read_text().splitlines()[1:][0].split(",")[2:] == \
+    assert (full_dir / "metrics.csv").read_text().splitlines()[1:][0].split(",")[2:] == \
         (tmp_path / "cut" / "metrics.csv").read_text().splitlines()[1:][0].split(",")[2:]
     for writer in ("train", "validation"):
-        a, b = read_scalars(tmp_path / "full" / writer), read_scalars(tmp_path / "cut" / writer)
+        a, b = read_scalars(full_dir / writer), read_scalars(tmp_path / "cut" / writer)
         for tag in ("loss", "accuracy"):
             assert [(s, v) for _, s, v in a[tag]] == [(s, v) for _, s, v in b[tag]], (writer, tag)
 

@@ -140,7 +140,9 @@ def study_trials(storage: str | None, study_dir: Path, name: str):
 def test_kill_9_mid_trial_then_the_same_command_continues(tmp_path):
     args = ["tune", "--study", "k", "--trials", "2", "--out", str(tmp_path / "runs"), *TINY_FLAGS]
     study_dir = tmp_path / "runs" / "tune-k"
-    p = run_driver(args, env={"TUNE_DRIVER_STEP_DELAY_S": "0.2"})  # 20 steps: 4+ s of training a trial
+    # Trial 0 (its 20 steps) at full speed, then 0.2 s a step: trial 1 trains 4+ s, and its
+    # first checkpoint comes 2 s before its end.
+    p = run_driver(args, env={"TUNE_DRIVER_STEP_DELAY_S": "0.2", "TUNE_DRIVER_DELAY_AFTER_STEPS": "20"})
     try:
         wait_for(lambda: (study_dir / "trial-0001" / "checkpoint.pt").exists() or p.poll() is not None, 120,
                  "trial 1's first checkpoint")

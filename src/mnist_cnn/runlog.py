@@ -22,7 +22,6 @@ from tqdm import tqdm
 from mnist_cnn.checkpoint import CheckpointWriteError, remove_stale_temp_files, save_checkpoint
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.fileio import write_json
-from mnist_cnn.plots import plot_curves, plot_samples
 from mnist_cnn.runs import CHECKPOINT, EpochRecord, lock_run, now_iso, write_metrics_csv
 
 
@@ -201,6 +200,10 @@ def closing_report(run_dir: Path, history: Sequence[EpochRecord], samples: tuple
 
     samples: (images (N, C, 28, 28) uint8, true labels (N,), predicted labels (N,)) of validation images.
     """
+    # matplotlib (~1 s to import) at the end of a run only: a process killed or stopped before
+    # then, or one that never trains, does not pay for it.
+    from mnist_cnn.plots import plot_curves, plot_samples
+
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_curves(history, plots / "curves.png")
