@@ -28,7 +28,6 @@ from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import write_json
 from mnist_cnn.inference import Classifier, load_run
 from mnist_cnn.outputs import OutputDir
-from mnist_cnn.plots import close_figures, plot_confusion, plot_mistakes
 from mnist_cnn.runs import SPLITS, load_split
 
 
@@ -200,6 +199,9 @@ def write_report(evaluation: Evaluation, images_u8: torch.Tensor, out_dir: str |
                  global_step: int = 0, tensorboard: bool = True) -> dict[str, str]:
     """<split>.json, <split>-confusion.png, <split>-mistakes.png in out_dir, and the figures as
     TensorBoard images in the same folder (its own writer: train/ and validation/ stay untouched)."""
+    # Here, not at the top: matplotlib costs ~1 s to import, and training imports this module.
+    from mnist_cnn.plots import close_figures, plot_confusion, plot_mistakes
+
     out = OutputDir(out_dir)
     s = evaluation.split
     report, confusion_png, mistakes_png = out.claim([f"{s}.json", f"{s}-confusion.png", f"{s}-mistakes.png"])
