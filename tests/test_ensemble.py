@@ -63,7 +63,7 @@ def mean_probabilities(run, images):
 def test_members_are_whole_runs_with_their_own_seeds(ensemble):
     run = ensemble.run_dir
     configs = [read_json(member_dir(run, k) / "config.json") for k in (1, 2, 3)]
-    assert [c["seed"] for c in configs] == [7, 8, 9] and all(c["members"] == 1 for c in configs)
+    assert [c["seed"] for c in configs] == [21, 22, 23] and all(c["members"] == 1 for c in configs)  # 7 x 3 + k - 1
     assert all(read_json(member_dir(run, k) / "run.json")["status"] == "complete" for k in (1, 2, 3))
     top = read_json(run / "config.json")
     assert (top["members"], top["seed"], top["steps"], top["epochs"]) == (3, 7, 0, 2)
@@ -207,10 +207,18 @@ def test_an_ensemble_with_no_member_trained_is_one_line(toy, tmp_path):
         load_classifier(run, "cpu")
 
 
+def test_ensembles_of_consecutive_seeds_share_no_member_seed():
+    seeds = [[cfg.member_seed(cfg.make_config("default", seed=s, members=k), m) for m in range(1, k + 1)]
+             for k in (1, 2, 3) for s in (0, 1, 2)]
+    assert seeds[:3] == [[0], [1], [2]]                      # one member: the seed itself
+    assert seeds[3:6] == [[0, 1], [2, 3], [4, 5]]
+    assert seeds[6:] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
 @pytest.mark.parametrize("values,message", [
     (dict(members=0), "members must be from 1 to 64, not 0"),
     (dict(members=65), "members must be from 1 to 64, not 65"),
-    (dict(members=2, seed=2**32 - 1), "runs past 4294967295"),
+    (dict(members=2, seed=2**31), "runs past 4294967295"),
 ])
 def test_config_refuses_bad_member_counts(values, message):
     with pytest.raises(UsageError, match=message):

@@ -92,8 +92,9 @@ class TrainConfig:
                             metavar="MINUTES")
     members: int = setting(1, "networks trained one after another into RUN/members/1..K and used as one model, "
                            "their probabilities averaged (evaluate, predict, serve, export and the Python API take "
-                           "RUN as one model); member k uses seed + k - 1 (its own init, data order and "
-                           "augmentation draws); with --budget each member gets budget / K (docs/training.md)",
+                           "RUN as one model); member k uses seed x K + k - 1 (its own init, data order and "
+                           "augmentation draws; ensembles of seeds 0, 1, 2 share no member); with --budget each member gets "
+                           "budget / K (docs/training.md)",
                            metavar="K")
     batch_size: int = setting(128, "images per optimizer step")
     optimizer: str = setting("adam", "optimizer", ("adam", "adamw", "sgd"))
@@ -343,12 +344,18 @@ def validate(c: TrainConfig) -> None:
     need(c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, not {c.checkpoint_every}")
     need(0 <= c.seed < 2**32, f"seed must be in 0..4294967295 (numpy's seed range), not {c.seed}")
     need(1 <= c.members <= MAX_MEMBERS, f"members must be from 1 to {MAX_MEMBERS}, not {c.members}")
-    need(c.seed + c.members - 1 < 2**32, f"seed {c.seed} + {c.members} members runs past 4294967295, the last seed")
+    need(member_seed(c, c.members) < 2**32, f"seed {c.seed} x {c.members} members runs past 4294967295, the last seed")
     _validate_augment(c)
 
 
 # Members of one ensemble: each is a whole run, trained one after another.
 MAX_MEMBERS = 64
+
+
+def member_seed(c: TrainConfig, k: int) -> int:
+    """The seed of an ensemble's member k (1-based): seed x K + k - 1, so member 1 of an ensemble
+    of seed 0 is the single run of seed 0, and ensembles of different seeds share no member."""
+    return c.seed * c.members + k - 1
 # A year of minutes: far beyond any run, and the planning's arithmetic stays finite below it.
 MAX_BUDGET_MINUTES = 525_600
 

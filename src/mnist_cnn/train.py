@@ -450,7 +450,7 @@ def train_ensemble(config: TrainConfig | None, resume_dir: Path | None, *, out_d
                    stop_after_steps: int | None,
                    on_epoch_end: Callable[[EpochRecord], bool | None] | None) -> TrainResult:
     """`config.members` runs, one after another, in RUN/members/1..K (runs.py), used as one model.
-    Member k trains `config` with seed + k - 1. A budget gives member 1 budget / K; its resolved
+    Member k trains `config` with seed x K + k - 1 (cfg.member_seed). A budget gives member 1 budget / K; its resolved
     length (and precision and compile choice) becomes every member's and config.json's, so
     `--config RUN/config.json` repeats the ensemble. A resume (`resume_dir`) continues with the
     member that was running. `stop_after_steps` counts the steps of all members together."""
@@ -521,8 +521,9 @@ def _train_member(config: TrainConfig, run_dir: Path, k: int, **options: Any) ->
             return _finished_member(member, config.device)
         print_fn(f"Ensemble {run_dir}: continuing member {k} of {config.members}")
         return _train_one(None, out_dir=run_dir / MEMBERS, name=None, force=False, resume=member, **options)
-    print_fn(f"Ensemble {run_dir}: member {k} of {config.members} (seed {config.seed + k - 1})")
-    member_config = dataclasses.replace(config, members=1, seed=config.seed + k - 1,
+    seed = cfg.member_seed(config, k)
+    print_fn(f"Ensemble {run_dir}: member {k} of {config.members} (seed {seed})")
+    member_config = dataclasses.replace(config, members=1, seed=seed,
                                         budget=config.budget / config.members)
     # force: a member folder without a checkpoint holds nothing to keep (a start cut short).
     return _train_one(member_config, out_dir=run_dir / MEMBERS, name=str(k), force=True, resume=None, **options)
