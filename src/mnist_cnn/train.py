@@ -45,6 +45,11 @@ from mnist_cnn.runs import (CHECKPOINT, ENSEMBLE_REPORT, MEMBERS, EpochRecord, c
 from mnist_cnn.trainstate import TrainState, resumable_checkpoint, seed_everything
 
 
+# Training steps a --budget times, after a warm-up: five were too few to average out a shared CPU's
+# drift (docs/accuracy.md); twenty cost about two seconds of a 30-minute budget for `best` on 2 cores.
+MEASURED_STEPS = 20
+
+
 class TrainingInterrupted(MnistCnnError):
     """SIGINT/SIGTERM arrived; the state was saved and the run can be resumed."""
 
@@ -382,23 +387,26 @@ def _resolved_compile(state: TrainState, data: TrainData, strategy: SingleProces
     return dataclasses.replace(config, compile=choice)
 
 
-def _eager_step_seconds(state: TrainState, data: TrainData, steps: int = 3, augmented: bool = False) -> float:
-    """Seconds per eager training step, timed on copies of the model and optimizer with the first
-    batch, after one warm-up step; the run's weights and random streams are left untouched.
-    `augmented`: the step as the loop takes it, input conversion and augmentation included."""
-    model, optimizer = copy.deepcopy((state.model, state.optimizer))
-    config, raw = state.config, data.train_x[:state.config.batch_size]
-    labels, amp = data.train_y[:config.batch_size], config.amp == "bf16"
-    images = to_input(raw, config.channels_last)
-    device = next(model.parameters()).device
+def _eager_step_seconds(state: TrainState, data: TrainData, steps: int = 3, as_the_loop: bool = False) -> float:
+    """Seconds per eager training step, timed on copies of the model, optimizer and EMA after one
+    warm-up step; the run's weights and random streams are left untouched. Without `as_the_loop`,
+    the optimizer step alone on the first batch (what compiling would speed up); with it, the step
+    as the loop takes it: a random batch gathered, converted and augmented, and the EMA update."""
+    model, optimizer, ema = copy.deepcopy((state.model, state.optimizer, state.ema))
+    config, batch, n = state.config, state.config.batch_size, len(data.train_y)
+    amp, device = config.amp == "bf16", next(model.parameters()).device
+    first = torch.arange(batch, device=data.train_y.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout and augment draw from them
         model.train()
-        train_step(model, optimizer, images, labels, amp=amp)
-        started = time.perf_counter()
-        for _ in range(steps):
-            if augmented:
-                images = augment(to_input(raw, config.channels_last), config.augment)
-            loss, _ = train_step(model, optimizer, images, labels, amp=amp)
+        for step in range(-1, steps):  # step -1: the warm-up, not timed
+            if step == 0:
+                started = time.perf_counter()
+            idx = torch.randint(n, (batch,), device=data.train_y.device) if as_the_loop else first
+            images = to_input(data.train_x[idx], config.channels_last)
+            images = augment(images, config.augment) if as_the_loop else images
+            loss, _ = train_step(model, optimizer, images, data.train_y[idx], amp=amp)
+            if as_the_loop and ema is not None:
+                ema.update(model, step + 1)
         float(loss)  # waits for the GPU's queued steps
         return (time.perf_counter() - started) / steps
 
@@ -436,7 +444,7 @@ def _kept_budget_record(run_dir: Path) -> dict[str, Any]:
 def _measure_costs(state: TrainState, data: TrainData, device: torch.device, started: float) -> budget.Measured:
     """What a budget plans with, measured here, the run's state untouched; `started`: when the
     budget's clock started (time.monotonic())."""
-    step_s = _eager_step_seconds(state, data, steps=5, augmented=True)
+    step_s = _eager_step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True)
     validation_s = budget.validation_seconds(state.eval_model, data.validation_x, data.validation_y, state.config,
                                              device)
     return budget.Measured(step_s, validation_s, budget.checkpoint_seconds(state.state_dict),
