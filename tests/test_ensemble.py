@@ -280,7 +280,7 @@ def cli_toy_image() -> np.ndarray:
 
 
 @pytest.mark.parametrize("command", ["tune", "lr-find"])
-def test_members_is_train_s_alone(command, capsys):
+def test_members_is_a_train_flag_only(command, capsys):
     argv = [command, "--members", "2"] + (["--study", "x", "--trials", "1"] if command == "tune" else [])
     with pytest.raises(SystemExit) as exited:
         main(argv)
