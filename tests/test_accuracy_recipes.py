@@ -189,6 +189,22 @@ def test_resnet_depth_and_width_change_the_network():
     assert shape_options("resnet") == ("depth", "width") and "depth" not in shape_options("best")
 
 
+def test_pyramid_puts_its_parameters_at_the_small_maps():
+    """Issue 23's shape: few multiply-adds at 28x28, most parameters at 7x7 and below."""
+    model = create_model("pyramid")
+    assert shape_options("pyramid") == ("width",)
+    assert count_parameters(create_model("pyramid", width=4)) < count_parameters(model)
+    big_maps = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][:3]  # the 28x28 block's convs
+    assert sum(count_parameters(m) for m in big_maps) < 0.01 * count_parameters(model)
+    x = torch.rand(2, 1, 28, 28)
+    sizes = []
+    for layer in model:
+        x = layer(x)
+        if x.dim() == 4:
+            sizes.append(x.shape[-1])
+    assert sizes == [28, 14, 7, 4, 2, 2, 1]
+
+
 @pytest.mark.parametrize("name", [n for n in model_names() if "depth" not in shape_options(n)])
 def test_depth_is_refused_for_networks_without_it(name):
     with pytest.raises(UsageError, match="does not apply to model") as e:

@@ -28,7 +28,7 @@ def test_overrides_apply_and_none_means_keep():
     ("warmup", 1.0, "warmup must be a fraction in [0, 1), not 1.0"),
     ("label_smoothing", 1.0, "label_smoothing must be in [0, 1), not 1.0"),
     ("optimizer", "rmsprop", "optimizer must be one of adam, adamw, sgd, not 'rmsprop'"),
-    ("model", "nope", "unknown model 'nope'; choose one of: best, fast, resnet, seed"),
+    ("model", "nope", "unknown model 'nope'; choose one of: best, fast, pyramid, resnet, seed"),
     ("epochs", "three", "epochs: 'three' is not a valid int"),
     ("epochs", 2.5, "epochs: 2.5 is not a valid int"),
     ("channels_last", "maybe", "channels_last: 'maybe' is not a valid bool"),

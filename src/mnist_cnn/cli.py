@@ -50,7 +50,8 @@ def add_config_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = TRAI
                         "exactly (100 epochs, ~11 min), 'default' the lesson's network trained the modern way (~1 min), "
                         "'fast' a small net reaching 99%% in seconds, 'best' the most accurate single MNIST network "
                         "(~14 min), 'resnet-digits' a residual net that ties it in twice the time (~28 min), "
-                        "'resnet-fashion' the most accurate Fashion-MNIST one (~29 min), 'best-ensemble' two 'best' "
+                        "'resnet-fashion' a residual net for Fashion-MNIST (~29 min), 'pyramid-fashion' the most "
+                        "accurate Fashion-MNIST one, in a budget of 30 min, 'best-ensemble' two 'best' "
                         "networks used as one model, in a budget of 30 min (--epochs or --steps replace a preset's "
                         "budget; docs/accuracy.md) (default: default)")
     cfg.add_flags(p.add_argument_group("config overrides (defaults shown are the 'default' preset's)"),
