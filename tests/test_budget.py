@@ -39,6 +39,19 @@ def small(**kw):
     return cfg.make_config("default", **{"batch_size": 50, "threads": 1, **kw})
 
 
+def never_compiled() -> budget.CompiledStep:
+    raise AssertionError("timed a compiled step for a run that cannot compile")
+
+
+def compiled_step(step_s: float, spent_s: float = 25.0):
+    """A fake `time_compiled` that counts its calls."""
+    def timed() -> budget.CompiledStep:
+        timed.calls += 1
+        return budget.CompiledStep(step_s, spent_s)
+    timed.calls = 0
+    return timed
+
+
 def fixed_costs(monkeypatch, measured: budget.Measured = MEASURED) -> None:
     monkeypatch.setattr("mnist_cnn.train._measure_costs", lambda *a, **k: measured)
 
@@ -66,33 +79,63 @@ def expected_steps(minutes: float, measured: budget.Measured = MEASURED, n_valid
 @pytest.mark.parametrize("minutes,checkpoint_every", [(0.1, 0), (0.25, 0), (0.25, 5), (1.0, 7)])
 def test_plan_takes_the_most_steps_that_fit(minutes, checkpoint_every):
     config = small(budget=minutes, checkpoint_every=checkpoint_every, compile="off")
-    plan = budget.plan_budget(config, STEPS_PER_EPOCH, 100, CPU, MEASURED)
+    plan = budget.plan_budget(config, STEPS_PER_EPOCH, 100, CPU, MEASURED, never_compiled)
     assert plan.steps == expected_steps(minutes, checkpoint_every=checkpoint_every)
     assert plan.expected_s <= 60 * minutes * budget.TARGET_FRACTION
     assert plan.compile == "off"
 
 
-def test_plan_with_compile_on_sets_the_compile_time_aside(monkeypatch):
+def test_plan_with_compile_on_counts_the_compiled_step_timed_here(monkeypatch):
     monkeypatch.setattr(compilation, "compile_unavailable_reason", lambda device: None)
     measured = MEASURED._replace(step_s=0.01)
-    eager = budget.plan_budget(small(model="resnet", budget=2.0, compile="off"), STEPS_PER_EPOCH, 100, CPU, measured)
-    compiled = budget.plan_budget(small(model="resnet", budget=2.0, compile="on"), STEPS_PER_EPOCH, 100, CPU, measured)
-    assert compiled.compile == "on"
-    assert compiled.costs.step_s == pytest.approx(0.01 * (1 - compilation.COMPILE_SAVING["resnet"]))
-    assert compiled.costs.fixed_s == pytest.approx(eager.costs.fixed_s + compilation.COMPILE_COST_S)
+    eager = budget.plan_budget(small(model="resnet", budget=2.0, compile="off"), STEPS_PER_EPOCH, 100, CPU, measured,
+                               never_compiled)
+    timed = compiled_step(0.012)  # slower than eager: --compile on is obeyed all the same
+    compiled = budget.plan_budget(small(model="resnet", budget=2.0, compile="on"), STEPS_PER_EPOCH, 100, CPU,
+                                  measured, timed)
+    assert compiled.compile == "on" and timed.calls == 1
+    assert compiled.costs.step_s == pytest.approx(0.012) and compiled.compiled_step_s == pytest.approx(0.012)
+    assert compiled.costs.fixed_s == pytest.approx(eager.costs.fixed_s + 25.0)
+    assert compiled.steps < eager.steps
     assert compiled.expected_s <= 120 * budget.TARGET_FRACTION
-    assert "compiled" in compiled.summary() and "compiled" not in eager.summary()
+    assert "12 ms compiled (compiling)" in compiled.summary() and "compiled" not in eager.summary()
+    assert compiled.record()["compiled_step_seconds"] == pytest.approx(0.012)
+
+
+@pytest.mark.parametrize("compiled_s, resolved", [(0.008, "on"), (0.0097, "off"), (0.011, "off")])
+def test_auto_compiles_a_budget_run_only_when_its_compiled_step_is_faster_here(monkeypatch, compiled_s, resolved):
+    """A network that compiling sped up elsewhere may not gain on this CPU: the plan times a
+    compiled step and keeps eager unless it is MEASURED_GAIN faster; the compile time counts either way."""
+    monkeypatch.setattr(compilation, "compile_unavailable_reason", lambda device: None)
+    measured = MEASURED._replace(step_s=0.01)
+    # 10 minutes of 10 ms steps: long enough that compiling could repay its cost (resolve_compile)
+    eager = budget.plan_budget(small(model="resnet", budget=10.0, compile="off"), STEPS_PER_EPOCH, 100, CPU, measured,
+                               never_compiled)
+    timed = compiled_step(compiled_s)
+    plan = budget.plan_budget(small(model="resnet", budget=10.0, compile="auto"), STEPS_PER_EPOCH, 100, CPU,
+                              measured, timed)
+    assert plan.compile == resolved and timed.calls == 1
+    assert plan.costs.step_s == pytest.approx(compiled_s if resolved == "on" else 0.01)
+    assert plan.costs.fixed_s == pytest.approx(eager.costs.fixed_s + 25.0)
+    assert plan.expected_s <= 600 * budget.TARGET_FRACTION
+    assert ("not faster here: eager" in plan.summary()) == (resolved == "off")
+
+
+def test_auto_never_times_a_compiled_step_for_a_network_it_does_not_compile():
+    plan = budget.plan_budget(small(model="best", budget=3.0, compile="auto"), STEPS_PER_EPOCH, 100, CPU,
+                              MEASURED, never_compiled)
+    assert plan.compile == "off" and plan.compiled_step_s is None
 
 
 def test_plan_refuses_a_budget_shorter_than_one_epoch():
     slow = MEASURED._replace(step_s=1.0)  # 12 steps of 1 s + fixed costs > 6 s
     with pytest.raises(UsageError, match=r"too short for one epoch.*give at least 0\.3 min") as e:
-        budget.plan_budget(small(budget=0.1), STEPS_PER_EPOCH, 100, CPU, slow)
+        budget.plan_budget(small(budget=0.1), STEPS_PER_EPOCH, 100, CPU, slow, never_compiled)
     assert "\n" not in str(e.value)
 
 
 def test_summary_is_one_line_saying_what_and_why():
-    plan = budget.plan_budget(small(budget=0.5, compile="off"), STEPS_PER_EPOCH, 100, CPU, MEASURED)
+    plan = budget.plan_budget(small(budget=0.5, compile="off"), STEPS_PER_EPOCH, 100, CPU, MEASURED, never_compiled)
     line = plan.summary()
     assert "\n" not in line
     assert line.startswith("budget 0.5 min: 50 ms/step measured")

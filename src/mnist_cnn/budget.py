@@ -3,9 +3,11 @@
 Before the first step, `plan_budget` weighs what the costs measured here say (an optimizer step
 after warm-up, a validation pass, a checkpoint) and picks the largest number of optimizer steps
 whose run, with a validation and a checkpoint after every epoch (the last one may be partial) and
-the closing report, ends inside TARGET_FRACTION of the budget. When --compile resolves on, a step is the eager step less the
-network's measured saving (compilation.COMPILE_SAVING) and the compile time is set aside: timing
-a compiled step would cost the compile itself a second time.
+the closing report, ends inside TARGET_FRACTION of the budget. When the run may compile
+(--compile on, or auto for a network where compiling can pay), compiled steps are timed too, on a
+copy of the model: that pays the compile time now (torch.compile's cache then serves the run's own
+compile), and the plan counts the step the run will really take; `auto` compiles only when that
+step is faster here (compilation.resolve_compile).
 
 The plan is a run length, not a deadline: train() writes the resolved `steps` (and the epochs
 they span) into config.json and the checkpoint with `budget` set back to 0, so `--config
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import io
 import math
 import time
@@ -65,6 +68,13 @@ class Measured(NamedTuple):
     spent_s: float         # already gone: loading the data and measuring
 
 
+class CompiledStep(NamedTuple):
+    """A compiled training step timed here (on a copy of the model), in seconds."""
+
+    step_s: float          # one compiled step, after warm-up
+    spent_s: float         # the timing, compiling included
+
+
 @dataclass(frozen=True)
 class Costs:
     """What a run of a given length costs here, in seconds."""
@@ -72,7 +82,7 @@ class Costs:
     step_s: float          # one optimizer step (after warm-up; compiled, when the run compiles)
     epoch_end_s: float     # one validation pass and the epoch's logs, after every epoch
     checkpoint_s: float    # one checkpoint, after every epoch and every checkpoint_every steps
-    fixed_s: float         # once: time already spent, compiling, the closing report
+    fixed_s: float         # once: time already spent (measuring, compiling), the closing report
 
     def seconds(self, steps: int, steps_per_epoch: int, checkpoint_every: int) -> float:
         """Wall seconds of a whole run of `steps` optimizer steps."""
@@ -103,6 +113,7 @@ class BudgetPlan:
     steps_per_epoch: int
     compile: str                 # "on" or "off", resolved with the budget's steps
     eager_step_s: float          # measured
+    compiled_step_s: float | None  # measured, when the run could compile
     costs: Costs                 # what the plan counted (step_s compiled when compile is "on")
     expected_s: float            # the planned run's wall time, the time already spent included
 
@@ -113,9 +124,9 @@ class BudgetPlan:
     def summary(self) -> str:
         """One line: what was chosen and why."""
         step = f"{1000 * self.eager_step_s:.3g} ms/step measured"
-        if self.compile == "on":
-            step += (f", ~{1000 * self.costs.step_s:.3g} ms compiled (+{compilation.COMPILE_COST_S:.0f} s "
-                     "compiling)")
+        if self.compiled_step_s is not None:
+            verdict = "compiling" if self.compile == "on" else "not faster here: eager"
+            step += f", {1000 * self.compiled_step_s:.3g} ms compiled ({verdict})"
         return (f"budget {self.minutes:g} min: {step}, validation and logs {self.costs.epoch_end_s:.2g} s, "
                 f"checkpoint {self.costs.checkpoint_s:.2g} s -> {self.steps:,d} steps "
                 f"({self.steps / self.steps_per_epoch:.1f} epochs of {self.steps_per_epoch:,d}) "
@@ -124,31 +135,36 @@ class BudgetPlan:
     def record(self) -> dict[str, Any]:
         """What environment.json keeps of the plan (the measurements are this machine's)."""
         return {"minutes": self.minutes, "steps": self.steps, "compile": self.compile,
-                "eager_step_seconds": self.eager_step_s, **asdict(self.costs),
+                "eager_step_seconds": self.eager_step_s, "compiled_step_seconds": self.compiled_step_s,
+                **asdict(self.costs),
                 "expected_seconds": self.expected_s}
 
 
 def plan_budget(config: TrainConfig, steps_per_epoch: int, n_validation: int, device: torch.device,
-                measured: Measured) -> BudgetPlan:
+                measured: Measured, time_compiled: Callable[[], CompiledStep]) -> BudgetPlan:
     """The run length that fits `config.budget` minutes, given what was `measured` (its validation
     pass over `n_validation` images); the compile choice is resolved here too, for the steps the
-    budget allows. A UsageError when not even one epoch fits."""
+    budget allows, calling `time_compiled()` (which compiles) only when the run may compile.
+    A UsageError when not even one epoch fits."""
     eager_s, validation_s, checkpoint_s, spent_s = measured
     target_s = 60 * config.budget * TARGET_FRACTION
     report_s = REPORT_S + validation_s * min(1.0, REPORT_IMAGES / max(1, n_validation))
     costs = Costs(eager_s, validation_s + EPOCH_LOG_S, checkpoint_s, spent_s + report_s)
     steps = steps_within(target_s, costs, steps_per_epoch, config.checkpoint_every)
-    choice = compilation.resolve_compile(config.compile, config.preset, config.model, steps, device, lambda: eager_s)
-    if choice == "on":
-        saving = compilation.COMPILE_SAVING.get(config.model, 0.0)
-        costs = dataclasses.replace(costs, step_s=eager_s * (1 - saving),
-                                    fixed_s=costs.fixed_s + compilation.COMPILE_COST_S)
+    compiled = functools.cache(time_compiled)
+    choice = compilation.resolve_compile(config.compile, config.preset, config.model, steps, device,
+                                         lambda: eager_s, lambda: compiled().step_s)
+    # Timed when resolve_compile weighed it, and for --compile on, which it does not weigh.
+    timed = compiled() if choice == "on" or compiled.cache_info().currsize else None
+    if timed is not None:  # compiling and timing took time, whatever was chosen
+        costs = dataclasses.replace(costs, step_s=timed.step_s if choice == "on" else eager_s,
+                                    fixed_s=costs.fixed_s + timed.spent_s)
         steps = steps_within(target_s, costs, steps_per_epoch, config.checkpoint_every)
     if steps < steps_per_epoch:
         need_s = costs.seconds(steps_per_epoch, steps_per_epoch, config.checkpoint_every) / TARGET_FRACTION
         raise BudgetTooShort(config.budget, f"{steps_per_epoch:,d} steps at {1000 * costs.step_s:.3g} ms, "
                                             f"validation {validation_s:.2g} s", need_s / 60)
-    return BudgetPlan(config.budget, steps, steps_per_epoch, choice, eager_s, costs,
+    return BudgetPlan(config.budget, steps, steps_per_epoch, choice, eager_s, timed.step_s if timed else None, costs,
                       costs.seconds(steps, steps_per_epoch, config.checkpoint_every))
 
 

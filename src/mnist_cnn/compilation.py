@@ -1,10 +1,13 @@
 """The compile policy: `--compile {auto,on,off}` for the training model.
 
 torch.compile costs tens of seconds before the first step and then saves a fraction of every
-step, for some networks only. `auto` compiles when the saving over the steps left repays the cost:
-it times a few eager steps (`step_seconds`, called only for a network worth asking about) and
-compares steps x seconds x COMPILE_SAVING[network] with COMPILE_COST_S. The lesson's runs
-(preset seed, the seed network) are never compiled by `auto`. The resolved "on"/"off" goes into
+step, for some networks and CPUs only. `auto` asks in two stages. First, for a network where
+compiling has won somewhere (COMPILE_SAVING), it times a few eager steps (`step_seconds`) and
+checks that steps x seconds x that saving would repay COMPILE_COST_S. Then it times compiled steps
+on a copy of the model (`compiled_step_seconds`) and compiles only if they are faster here:
+the gain differs between CPUs, and torch.compile's cache makes the run's own compile of the same
+network free afterwards. The lesson's runs (preset seed, the seed network) are never compiled by
+`auto`. The resolved "on"/"off" goes into
 config.json and the checkpoint, so a resume keeps it; checkpoints always hold the un-compiled
 module's state_dict (plain names, no `_orig_mod.` prefix), so compiled and eager runs read the
 same files.
@@ -32,6 +35,10 @@ COMPILE_SAVING = {"resnet": 0.15}
 # `auto` needs the saving to exceed the cost by this factor: a guard against a noisy step timing.
 PAYBACK_MARGIN = 2.0
 
+# `auto` keeps compiling only when a compiled step timed here is at least this much faster than an
+# eager one: less is within the two timings' noise.
+MEASURED_GAIN = 0.05
+
 
 def compile_unavailable_reason(device: torch.device) -> str | None:
     """Why torch.compile cannot run here (one phrase), or None when it can."""
@@ -55,9 +62,10 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
 
 
 def resolve_compile(choice: str, preset: str, model: str, steps_left: int, device: torch.device,
-                    step_seconds: Callable[[], float]) -> str:
+                    step_seconds: Callable[[], float], compiled_step_seconds: Callable[[], float]) -> str:
     """The config's compile choice ("auto", "on", "off") resolved to "on" or "off".
-    `step_seconds()` times an eager step; it is called only when `auto` has to weigh one."""
+    `step_seconds()` times an eager step and `compiled_step_seconds()` a compiled one (it compiles);
+    they are called only when `auto` has to weigh them."""
     if choice == "on":
         if reason := compile_unavailable_reason(device):
             raise UsageError(f"--compile on: {reason}; use --compile off")
@@ -65,8 +73,10 @@ def resolve_compile(choice: str, preset: str, model: str, steps_left: int, devic
     # The cheap checks first: looking for a compiler imports inductor, which takes seconds.
     if choice == "off" or preset == "seed" or model not in COMPILE_SAVING or compile_unavailable_reason(device):
         return "off"
-    saving_s = steps_left * step_seconds() * COMPILE_SAVING[model]
-    return "on" if saving_s > PAYBACK_MARGIN * COMPILE_COST_S else "off"
+    eager_s = step_seconds()
+    if steps_left * eager_s * COMPILE_SAVING[model] <= PAYBACK_MARGIN * COMPILE_COST_S:
+        return "off"  # too short to repay compiling even where it gains most
+    return "on" if compiled_step_seconds() < (1 - MEASURED_GAIN) * eager_s else "off"
 
 
 def resume_compile(saved: str, device: torch.device, print_fn: Callable[[str], None]) -> str:

@@ -382,17 +382,22 @@ def _resolved_compile(state: TrainState, data: TrainData, strategy: SingleProces
     else:
         steps_left = state.total_steps
         choice = compilation.resolve_compile(config.compile, config.preset, config.model, steps_left,
-                                             strategy.device, lambda: _eager_step_seconds(state, data))
+                                             strategy.device, lambda: _step_seconds(state, data, MEASURED_STEPS),
+                                             lambda: _step_seconds(state, data, MEASURED_STEPS, compiled=True))
         choice = "on" if strategy.main_decides(choice == "on") else "off"
     return dataclasses.replace(config, compile=choice)
 
 
-def _eager_step_seconds(state: TrainState, data: TrainData, steps: int = 3, as_the_loop: bool = False) -> float:
-    """Seconds per eager training step, timed on copies of the model, optimizer and EMA after one
+def _step_seconds(state: TrainState, data: TrainData, steps: int = 3, as_the_loop: bool = False,
+                  compiled: bool = False) -> float:
+    """Seconds per training step, timed on copies of the model, optimizer and EMA after one
     warm-up step; the run's weights and random streams are left untouched. Without `as_the_loop`,
     the optimizer step alone on the first batch (what compiling would speed up); with it, the step
-    as the loop takes it: a random batch gathered, converted and augmented, and the EMA update."""
+    as the loop takes it: a random batch gathered, converted and augmented, and the EMA update.
+    `compiled`: through torch.compile, whose warm-up step compiles; the cache it fills serves the
+    run's own compile of the same network."""
     model, optimizer, ema = copy.deepcopy((state.model, state.optimizer, state.ema))
+    step_model = torch.compile(model) if compiled else model
     config, batch, n = state.config, state.config.batch_size, len(data.train_y)
     amp, device = config.amp == "bf16", next(model.parameters()).device
     first = torch.arange(batch, device=data.train_y.device)
@@ -404,7 +409,7 @@ def _eager_step_seconds(state: TrainState, data: TrainData, steps: int = 3, as_t
             idx = torch.randint(n, (batch,), device=data.train_y.device) if as_the_loop else first
             images = to_input(data.train_x[idx], config.channels_last)
             images = augment(images, config.augment) if as_the_loop else images
-            loss, _ = train_step(model, optimizer, images, data.train_y[idx], amp=amp)
+            loss, _ = train_step(step_model, optimizer, images, data.train_y[idx], amp=amp)
             if as_the_loop and ema is not None:
                 ema.update(model, step + 1)
         float(loss)  # waits for the GPU's queued steps
@@ -421,7 +426,7 @@ def _resolve_length(state: TrainState, data: TrainData, strategy: Strategy, prin
     if config.budget:
         plan = strategy.run_once(lambda: budget.plan_budget(
             config, state.steps_per_epoch, len(data.validation_y), strategy.device,
-            _measure_costs(state, data, strategy.device, started)))
+            _measure_costs(state, data, strategy.device, started), lambda: _time_compiled(state, data)))
         print_fn(plan.summary())
         config = dataclasses.replace(config, steps=plan.steps, budget=0.0, compile=plan.compile)
     if config.steps:
@@ -444,11 +449,18 @@ def _kept_budget_record(run_dir: Path) -> dict[str, Any]:
 def _measure_costs(state: TrainState, data: TrainData, device: torch.device, started: float) -> budget.Measured:
     """What a budget plans with, measured here, the run's state untouched; `started`: when the
     budget's clock started (time.monotonic())."""
-    step_s = _eager_step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True)
+    step_s = _step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True)
     validation_s = budget.validation_seconds(state.eval_model, data.validation_x, data.validation_y, state.config,
                                              device)
     return budget.Measured(step_s, validation_s, budget.checkpoint_seconds(state.state_dict),
                            time.monotonic() - started)
+
+
+def _time_compiled(state: TrainState, data: TrainData) -> budget.CompiledStep:
+    """A compiled step as the loop takes it, timed for a budget's plan, and what timing it cost."""
+    started = time.monotonic()
+    step_s = _step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True, compiled=True)
+    return budget.CompiledStep(step_s, time.monotonic() - started)
 
 
 # ---------------------------------------------------------------- ensembles
