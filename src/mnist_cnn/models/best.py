@@ -14,13 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mnist_cnn.models.layers import conv_bn
 from mnist_cnn.models.registry import register
-
-
-def conv_bn(c_in: int, c_out: int, kernel: int = 3) -> nn.Sequential:
-    # No conv bias: BN's shift replaces it. padding = kernel // 2 keeps the size (SAME).
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 @register("best")

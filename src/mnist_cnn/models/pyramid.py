@@ -22,15 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_cnn.models.layers import conv_bn
 from mnist_cnn.models.registry import register
 
 BLOCKS = 6  # at 28, 14, 7, 4, 2 and 2 px
-
-
-def conv_bn(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
-    # No conv bias: BN's shift replaces it. padding = kernel // 2 keeps the size (SAME) at stride 1.
-    layers = [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(c_out)]
-    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
 class Block(nn.Module):
