@@ -16,7 +16,7 @@ from mnist_cnn.data.registry import DATASETS
 from mnist_cnn.errors import UsageError
 from mnist_cnn.fileio import read_json
 from mnist_cnn.models import count_parameters, create_model, saved_shape
-from mnist_cnn.runs import (ENSEMBLE_REPORT, EpochRecord, ensemble_config, is_ensemble_run, member_dir,
+from mnist_cnn.runs import (ENSEMBLE_REPORT, EpochRecord, is_ensemble_run, member_dirs,
                             read_metrics_csv, read_run_info)
 
 
@@ -52,7 +52,7 @@ def summarize_run(run: str | Path) -> RunSummary:
     config = read_json(path / "config.json")
     status = read_run_info(path)["status"]
     ensemble = is_ensemble_run(path)
-    members = [member_dir(path, k) for k in range(1, ensemble_config(path).members + 1)] if ensemble else [path]
+    members = member_dirs(path) if ensemble else [path]
     # An ensemble's history is its members' epochs one after another; its validation accuracy is the ensemble's.
     history = [r for m in members if (m / "metrics.csv").is_file() for r in read_metrics_csv(m / "metrics.csv")]
     spec = DATASETS.get(config.get("dataset", ""))

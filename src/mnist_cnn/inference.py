@@ -20,7 +20,7 @@ from torch import nn
 from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.errors import CheckpointError, UsageError, escape_controls
 from mnist_cnn.models import Ensemble, create_model, load_model_state, saved_shape
-from mnist_cnn.runs import CHECKPOINT, ensemble_config, is_ensemble_run, member_dir, read_run_info
+from mnist_cnn.runs import CHECKPOINT, ensemble_config, is_ensemble_run, member_dirs, read_run_info
 from mnist_cnn import precision
 
 PIXEL_SCALE = 255.0  # uint8 pixel -> [0, 1]: the lesson's input scaling, here and nowhere else
@@ -157,7 +157,7 @@ def _load_ensemble(run_dir: Path, device: str) -> Classifier:
     """An ensemble run (`train --members K`) as one Classifier: every member with a checkpoint, their
     probabilities averaged by `Ensemble`; `members` keeps each one alone."""
     config = ensemble_config(run_dir)
-    present = [d for d in (member_dir(run_dir, k) for k in range(1, config.members + 1)) if (d / CHECKPOINT).is_file()]
+    present = [d for d in member_dirs(run_dir, config.members) if (d / CHECKPOINT).is_file()]
     if not present:
         raise CheckpointError(f"{run_dir} is an ensemble of {config.members} with no member trained yet; "
                               f"continue it with: mnist-cnn train --resume {run_dir}")

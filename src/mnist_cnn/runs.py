@@ -246,6 +246,13 @@ def member_dir(run_dir: str | Path, k: int) -> Path:
     return Path(run_dir) / MEMBERS / str(k)
 
 
+def member_dirs(run_dir: str | Path, members: int | None = None) -> list[Path]:
+    """The run directories of an ensemble's members 1..K, in order, K from its config.json unless
+    given as `members` (some may not exist yet: members train one after another)."""
+    count = ensemble_config(run_dir).members if members is None else members
+    return [member_dir(run_dir, k) for k in range(1, count + 1)]
+
+
 def ensemble_config(run_dir: str | Path) -> TrainConfig:
     """An ensemble run's config.json, checked (its `members` says how many member runs it has);
     a one-line CheckpointError when it is missing, oversized or not a valid config."""

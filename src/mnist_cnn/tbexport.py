@@ -9,7 +9,7 @@ import csv
 from pathlib import Path
 
 from mnist_cnn.errors import UsageError
-from mnist_cnn.runs import is_ensemble_run, member_dir
+from mnist_cnn.runs import is_ensemble_run, member_dirs
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[float, int, float]]]:
@@ -28,7 +28,7 @@ def run_writers(run_dir: str | Path) -> list[Path]:
     """The writer folders of a run (train/, validation/, ...): those holding event files; an
     ensemble run's are its members' (members/1/train/, ...)."""
     run_dir = Path(run_dir)
-    folders = [run_dir, *sorted(member_dir(run_dir, 1).parent.iterdir())] if is_ensemble_run(run_dir) else [run_dir]
+    folders = [run_dir, *member_dirs(run_dir)] if is_ensemble_run(run_dir) else [run_dir]
     writers = [p for folder in folders if folder.is_dir() for p in sorted(folder.iterdir())
                if p.is_dir() and any(p.glob("events.out.tfevents.*"))]
     if not writers:
