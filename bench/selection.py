@@ -168,7 +168,8 @@ def main() -> int:
              "runs": [str(r) for r in runs], "validation": validation,
              "tta_views": len(TTA_SHIFTS), "test": test, "minutes_per_run": minutes,
              "wall_seconds_per_run": wall,
-             "epochs": config.epochs, "machine": machine(), "command": " ".join(sys.argv),
+             "epochs": config.epochs, "epochs_per_run": [read_json(run / "config.json")["epochs"] for run in runs],
+             "machine": machine(), "command": " ".join(sys.argv),
              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     append_logs(entry)
     if args.final:

@@ -91,6 +91,7 @@ def test_an_ensemble_under_a_budget_is_selected_and_reused_as_one_run(select, tm
     assert len(entry["validation"]["members_per_seed"][0]) == 2  # each member alone, beside the ensemble
     saved = json.loads((tmp_path / "runs" / f"{entry['recipe']}-s0" / "config.json").read_text())
     assert (saved["members"], saved["budget"]) == (2, 0.0) and saved["steps"] > 0
+    assert entry["epochs_per_run"] == [saved["epochs"]]  # the budget's resolved epochs, not the preset's
     capsys.readouterr()
     assert run(module, monkeypatch, *common) == 0  # reused, not refused for its resolved budget
     assert "reusing the complete run" in capsys.readouterr().out
