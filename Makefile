@@ -20,13 +20,16 @@ $(STAMP): requirements.txt pyproject.toml
 train: $(STAMP)
 	$(BIN)/mnist-cnn train $(ARGS)
 
+# Test workers (pytest-xdist): one per core, at most 4; tests marked `alone` still run by themselves.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
+
 ## The whole test suite, including one real-MNIST training run to an accuracy floor.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 ## Everything but the slow real-MNIST tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(ARGS)
 
 ## Speed benchmark (issue #4), with the fp32-vs-auto precision table of every preset (issue 22):
 ## table + bench/results/<date>-<host>.json, ~10 min (ARGS=--quick: ~1 min; ARGS="--sections precision").

