@@ -6,6 +6,9 @@ synthetic data to show the library loop and the tutorial loop compute the same t
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,21 @@ def test_train_help_lists_the_speed_options(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0
     assert "--amp {auto,off,bf16}" in out and "--compile {auto,on,off}" in out and "fast" in out
+
+
+def test_lesson_step_bench_prints_its_table_and_saves_json(tmp_path):
+    """bench/lesson_step.py (issue 22, item 6) on its uncompiled variants, two steps a round."""
+    script = str(ROOT / "bench" / "lesson_step.py")
+    variants = ["library", "bare", "nchw", "threads-1"]
+    done = subprocess.run([sys.executable, script, "--variants", ",".join(variants), "--rounds", "1", "--steps", "2",
+                           "--threads", "1", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.splitlines()
+    assert table[0].split() == ["variant", "ms/step", "vs", "library"]
+    assert [line.split()[0] for line in table[1:5]] == variants and table[1].endswith("1.00x")
+    (saved,) = tmp_path.glob("lesson-step-*.json")
+    result = json.loads(saved.read_text())
+    assert set(result["ms_per_step"]) == set(variants) and result["ratio_to_first"]["library"] == 1.0
+    assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in result["round_seconds"].values())
+    refused = subprocess.run([sys.executable, script, "--variants", "library,turbo"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "unknown variant(s) turbo" in refused.stderr.splitlines()[-1]
