@@ -9,13 +9,11 @@ ARGS ?=
 
 setup: $(STAMP)
 
-# --no-compile: byte-compiling every installed file is most of a fresh install's time; Python compiles
-# the modules a program imports, when it first imports them.
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps -e .
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 ## Train the default recipe on MNIST into runs/ (extra flags: make train ARGS="--epochs 3").
