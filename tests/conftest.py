@@ -53,9 +53,9 @@ def _is_alone(item: pytest.Item | None) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """`alone` tests first, as one xdist group: one worker takes the machine once, at the start,
-    while the other waits out only its first test."""
-    items.sort(key=lambda item: not _is_alone(item))  # stable: the rest keep their order
+    """`alone` tests last, as one xdist group: one worker takes the machine once, near the end,
+    with warm imports and caches (a cold process eats into a short wall-clock budget)."""
+    items.sort(key=_is_alone)  # stable: the rest keep their order
     for item in items:
         if _is_alone(item):
             item.add_marker(pytest.mark.xdist_group("alone"))
