@@ -12,6 +12,11 @@ bench/results/selection-log.json and as a row to docs/accuracy-log.md. With --fi
 (trained here when missing) are evaluated on the test split, once per recipe: the result is written
 to bench/results/final-<recipe>-<date>.json and a "final" row in both logs; a second --final for a
 recipe already evaluated is refused. Runs live in runs/select/<recipe>-s<seed> and are reused.
+
+`--final --fit` is the final fit of a recipe already selected on the fixed split (it needs a
+candidate entry): each seed trains on all but the first 1,000 training images, which only watch the
+run (a budget or the preset's epochs set its length, nothing is chosen on them), and the test split
+is read once for recipe `<recipe>-fit`.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from mnist_cnn.fileio import read_json
 from mnist_cnn.train import train
 
 VALIDATION_SIZE = 5000   # images, fixed for every compared recipe
+FIT_VALIDATION = 1000    # images a final fit holds back, only to watch its runs
 ROOT = Path(__file__).resolve().parent.parent
 JSON_LOG = ROOT / "bench" / "results" / "selection-log.json"
 MD_LOG = ROOT / "docs" / "accuracy-log.md"
@@ -54,12 +60,14 @@ def recipe_name(preset: str, dataset: str, overrides: dict[str, str]) -> str:
 
 
 def train_seeds(preset: str, dataset: str | None, overrides: dict[str, str], seeds: list[int],
-                out: Path) -> tuple[str, cfg.TrainConfig, list[Path]]:
-    """One complete run per seed (reused when complete); all with the fixed validation split."""
-    runs, config = [], None
+                out: Path, fit: bool = False) -> tuple[str, cfg.TrainConfig, list[Path]]:
+    """One complete run per seed (reused when complete); all with the fixed validation split, or
+    for a final `fit` all with FIT_VALIDATION held back."""
+    runs, config, suffix = [], None, "-fit" if fit else ""
     for seed in seeds:
-        config = cfg.make_config(preset, dataset=dataset, seed=seed, **{**overrides, "validation_size": VALIDATION_SIZE})
-        name = f"{recipe_name(preset, config.dataset, overrides)}-s{seed}"
+        config = cfg.make_config(preset, dataset=dataset, seed=seed,
+                                 **{**overrides, "validation_size": FIT_VALIDATION if fit else VALIDATION_SIZE})
+        name = f"{recipe_name(preset, config.dataset, overrides)}{suffix}-s{seed}"
         run = out / name
         if (run / "run.json").is_file() and read_json(run / "run.json").get("status") == "complete":
             check_same_recipe(run, config)
@@ -67,7 +75,7 @@ def train_seeds(preset: str, dataset: str | None, overrides: dict[str, str], see
         else:
             train(config, out_dir=out, name=name, force=True, progress=False)
         runs.append(run)
-    return recipe_name(preset, config.dataset, overrides), config, runs
+    return recipe_name(preset, config.dataset, overrides) + suffix, config, runs
 
 
 def check_same_recipe(run: Path, config: cfg.TrainConfig) -> None:
@@ -124,6 +132,8 @@ def append_logs(entry: dict) -> None:
         return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
     settings = ", ".join(f"{k}={x}" for k, x in entry["overrides"].items()) or "as preset"
+    if entry.get("fit"):
+        settings += f"; fit: validation {FIT_VALIDATION:,d} images, only watched"
     test = pct(t["mean"], t["std"]) + f" (TTA {pct(t['tta_mean'], t['tta_std'])})" if t else "-"
     row = (f"| {entry['date'][:16]} | {entry['kind']} | {entry['preset']} | {entry['dataset']} | {settings} | "
            f"{' '.join(map(str, entry['seeds']))} | {pct(v['mean'], v['std'])} | {pct(v['tta_mean'], v['tta_std'])} "
@@ -131,6 +141,21 @@ def append_logs(entry: dict) -> None:
            f"| {test} | {entry['minutes_per_run']:.1f} | {entry['machine']} |\n")
     with MD_LOG.open("a") as f:
         f.write(row)
+
+
+def check_final(args: argparse.Namespace, overrides: dict[str, str], probe: bool) -> None:
+    """Exit with one line unless this final may read the test split: a full recipe, not evaluated
+    before; a fit only of a recipe selected on the fixed split."""
+    if probe:
+        sys.exit("--final evaluates a full recipe; drop the epochs/train_subset overrides of a probe")
+    name = recipe_name(args.preset, args.dataset or cfg.make_config(args.preset).dataset, overrides)
+    log = json.loads(JSON_LOG.read_text()) if JSON_LOG.is_file() else []
+    if args.fit and not any(e["kind"] == "candidate" and e["recipe"] == name for e in log):
+        sys.exit(f"{name} has no candidate entry: select it on the fixed validation split before its final fit")
+    name += "-fit" if args.fit else ""
+    done = [e for e in log if e["kind"] == "final" and e["recipe"] == name]
+    if done:
+        sys.exit(f"{name} already had its final test evaluation on {done[0]['date']}; it is done once")
 
 
 def main() -> int:
@@ -141,22 +166,21 @@ def main() -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. epochs=3")
     p.add_argument("--out", default="runs/select", help="parent directory of the runs")
     p.add_argument("--final", action="store_true", help="evaluate on the TEST split: once per final recipe")
+    p.add_argument("--fit", action="store_true",
+                   help=f"with --final: train on all but {FIT_VALIDATION:,d} training images, which only watch the "
+                        "run; the recipe must have been selected (a candidate entry) first")
     args = p.parse_args()
     overrides = parse_set(args.set)
     if overrides.pop("validation_size", str(VALIDATION_SIZE)) != str(VALIDATION_SIZE):
         sys.exit(f"selection.py compares recipes on the fixed {VALIDATION_SIZE}-image validation split; "
                  "drop validation_size from --set")
     probe = is_probe(args.preset, overrides)
+    if args.fit and not args.final:
+        sys.exit("--fit is the final fit of a selected recipe: give it with --final")
     if args.final:
-        if probe:
-            sys.exit("--final evaluates a full recipe; drop the epochs/train_subset overrides of a probe")
-        name = recipe_name(args.preset, args.dataset or cfg.make_config(args.preset).dataset, overrides)
-        done = [e for e in (json.loads(JSON_LOG.read_text()) if JSON_LOG.is_file() else [])
-                if e["kind"] == "final" and e["recipe"] == name]
-        if done:
-            sys.exit(f"{name} already had its final test evaluation on {done[0]['date']}; it is done once")
+        check_final(args, overrides, probe)
     try:
-        name, config, runs = train_seeds(args.preset, args.dataset, overrides, args.seeds, Path(args.out))
+        name, config, runs = train_seeds(args.preset, args.dataset, overrides, args.seeds, Path(args.out), args.fit)
         validation = accuracy_over_seeds(runs, "validation")
         test = accuracy_over_seeds(runs, "test") if args.final else None
     except MnistCnnError as e:
@@ -165,7 +189,8 @@ def main() -> int:
     wall = [wall_seconds(run) for run in runs]
     entry = {"kind": "final" if args.final else "probe" if probe else "candidate", "recipe": name,
              "preset": args.preset, "dataset": config.dataset, "overrides": overrides, "seeds": args.seeds,
-             "runs": [str(r) for r in runs], "validation": validation,
+             "runs": [str(r) for r in runs], "validation": validation, "fit": args.fit,
+             "validation_size": config.validation_size,
              "tta_views": len(TTA_SHIFTS), "test": test, "minutes_per_run": minutes,
              "wall_seconds_per_run": wall,
              "epochs": config.epochs, "epochs_per_run": [read_json(run / "config.json")["epochs"] for run in runs],

@@ -95,3 +95,25 @@ def test_an_ensemble_under_a_budget_is_selected_and_reused_as_one_run(select, tm
     capsys.readouterr()
     assert run(module, monkeypatch, *common) == 0  # reused, not refused for its resolved budget
     assert "reusing the complete run" in capsys.readouterr().out
+
+
+def test_a_final_fit_trains_a_selected_recipe_on_all_but_1000_images(select, tmp_path, monkeypatch):
+    module, data, splits = select
+    monkeypatch.setitem(module.cfg.PRESETS, "tiny", dict(epochs=1, batch_size=50))
+    common = ["--preset", "tiny", "--dataset", "toyset", "--out", str(tmp_path / "runs"), "--set",
+              f"data_dir={data}", "threads=1"]
+    with pytest.raises(SystemExit, match="give it with --final"):
+        run(module, monkeypatch, *common, "--fit")
+    with pytest.raises(SystemExit, match="tiny-toyset has no candidate entry: select it"):
+        run(module, monkeypatch, *common, "--final", "--fit")
+    assert splits == []  # refused before anything was trained or read
+    assert run(module, monkeypatch, *common) == 0  # the candidate, on the fixed 5,000
+    assert run(module, monkeypatch, *common, "--final", "--fit") == 0
+    fit = json.loads(module.JSON_LOG.read_text())[-1]
+    assert (fit["kind"], fit["recipe"], fit["fit"], fit["validation_size"]) == ("final", "tiny-toyset-fit", True, 1000)
+    assert "test" in splits and 0 <= fit["test"]["mean"] <= 1
+    saved = json.loads((tmp_path / "runs" / "tiny-toyset-fit-s0" / "config.json").read_text())
+    assert saved["validation_size"] == 1000  # 4,200 of the 5,200 images trained, not 200
+    assert "fit: validation 1,000 images, only watched" in module.MD_LOG.read_text()
+    with pytest.raises(SystemExit, match="tiny-toyset-fit already had its final test evaluation"):
+        run(module, monkeypatch, *common, "--final", "--fit")
