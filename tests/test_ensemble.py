@@ -273,6 +273,19 @@ def test_cli_trains_evaluates_predicts_and_compares_an_ensemble(cli_toy, tmp_pat
     assert err.count("\n") == 1 and f"show {member_dir(run, 1)}" in err
 
 
+def test_compare_plots_each_member_as_its_own_line_in_its_runs_colour(ensemble, tmp_path):
+    from mnist_cnn.compare import summarize_run
+    from mnist_cnn.plots import plot_comparison
+    single = summarize_run(member_dir(ensemble.run_dir, 1))
+    runs = [(s.name, s.history) for s in (summarize_run(ensemble.run_dir), single)]
+    figure = plot_comparison(runs, tmp_path / "compare.png")
+    lines = figure.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["ens, member 1", "ens, member 2", "ens, member 3", "1"]
+    assert all(list(line.get_xdata()) == [1, 2] for line in lines)  # each member's epochs, no jump back to 1
+    assert len({line.get_color() for line in lines[:3]}) == 1 and lines[3].get_color() != lines[0].get_color()
+    assert (tmp_path / "compare.png").stat().st_size > 0
+
+
 def cli_toy_image() -> np.ndarray:
     image = np.zeros((28, 28), dtype=np.uint8)
     image[6:11, 4:18] = 255

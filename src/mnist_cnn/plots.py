@@ -135,13 +135,28 @@ def plot_mistakes(images: torch.Tensor, mistakes: Sequence, path: Path | None, t
     return _finish(fig, path, close=False)
 
 
+def member_histories(history: Sequence[EpochRecord]) -> list[list[EpochRecord]]:
+    """A history cut where its epochs start again: an ensemble's is its members' one after another."""
+    parts: list[list[EpochRecord]] = []
+    for record in history:
+        if not parts or record.epoch <= parts[-1][-1].epoch:
+            parts.append([])
+        parts[-1].append(record)
+    return parts
+
+
 def plot_comparison(runs: Sequence[tuple[str, Sequence[EpochRecord]]], path: Path | None = None):
-    """Validation accuracy and loss per epoch for several runs, one line each (`mnist-cnn compare`)."""
+    """Validation accuracy and loss per epoch for several runs, one line each (`mnist-cnn compare`);
+    an ensemble gets one line per member, in its run's colour."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, history in runs:
-        epochs = [r.epoch for r in history]
-        acc_ax.plot(epochs, [100 * r.validation_accuracy for r in history], "o-", ms=3, label=name)
-        loss_ax.plot(epochs, [r.validation_loss for r in history], "o-", ms=3, label=name)
+    for i, (name, history) in enumerate(runs):
+        parts = member_histories(history)
+        for k, part in enumerate(parts, 1):
+            style = dict(marker="o", ms=3, color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[(k - 1) % 4],
+                         label=f"{name}, member {k}" if len(parts) > 1 else name)
+            epochs = [r.epoch for r in part]
+            acc_ax.plot(epochs, [100 * r.validation_accuracy for r in part], **style)
+            loss_ax.plot(epochs, [r.validation_loss for r in part], **style)
     acc_ax.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     loss_ax.set(title="Validation loss (cross-entropy)", xlabel="epoch", ylabel="loss", yscale="log")
     for ax in (acc_ax, loss_ax):
