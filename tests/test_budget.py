@@ -127,6 +127,12 @@ def test_auto_never_times_a_compiled_step_for_a_network_it_does_not_compile():
     assert plan.compile == "off" and plan.compiled_step_s is None
 
 
+def test_a_budget_times_steps_for_2_percent_of_itself_at_most_20_seconds():
+    assert budget.measuring_seconds(3) == pytest.approx(3.6)
+    assert budget.measuring_seconds(15) == pytest.approx(18.0) and budget.measuring_seconds(30) == 20.0
+    assert budget.measuring_seconds(0.1) == pytest.approx(0.12)  # tiny budgets: MEASURED_STEPS sets the floor
+
+
 def test_plan_refuses_a_budget_shorter_than_one_epoch():
     slow = MEASURED._replace(step_s=1.0)  # 12 steps of 1 s + fixed costs > 6 s
     with pytest.raises(UsageError, match=r"too short for one epoch.*give at least 0\.3 min") as e:

@@ -315,6 +315,9 @@ def test_timing_an_eager_step_leaves_the_run_untouched():
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(weights[k], v) for k, v in state.model.state_dict().items())
     assert not state.optimizer.state  # the real optimizer took no step
+    started = time.perf_counter()
+    _step_seconds(state, train_data, steps=2, as_the_loop=True, seconds=0.5)  # a budget's timing: a time window
+    assert time.perf_counter() - started >= 0.5
 
 
 @pytest.mark.slow  # torch.compile of even a toy network takes 20-60 s on 2 busy cores

@@ -42,6 +42,16 @@ REPORT_S = 2.0
 EPOCH_LOG_S = 0.03
 # The closing report predicts this many validation images (train._train_run).
 REPORT_IMAGES = 2000
+# How long the plan times steps: this fraction of the budget, at most MEASURE_MAX_S. A shared CPU
+# has slow spells of seconds, so a 2-second window missed the sustained step by up to 80% on a
+# 2-core VM, a 20-second one by under 10% (docs/training.md).
+MEASURE_FRACTION = 0.02
+MEASURE_MAX_S = 20.0
+
+
+def measuring_seconds(minutes: float) -> float:
+    """Seconds of training steps a budget of `minutes` times before it plans."""
+    return min(MEASURE_MAX_S, MEASURE_FRACTION * 60 * minutes)
 
 
 class BudgetTooShort(UsageError):

@@ -45,8 +45,8 @@ from mnist_cnn.runs import (CHECKPOINT, ENSEMBLE_REPORT, MEMBERS, EpochRecord, c
 from mnist_cnn.trainstate import TrainState, resumable_checkpoint, seed_everything
 
 
-# Training steps a --budget times, after a warm-up: five were too few to average out a shared CPU's
-# drift (docs/accuracy.md); twenty cost about two seconds of a 30-minute budget for `best` on 2 cores.
+# Training steps a --budget times at least, after a warm-up, however short its measuring time
+# (budget.measuring_seconds) and however slow the step.
 MEASURED_STEPS = 20
 
 
@@ -389,11 +389,12 @@ def _resolved_compile(state: TrainState, data: TrainData, strategy: SingleProces
 
 
 def _step_seconds(state: TrainState, data: TrainData, steps: int = 3, as_the_loop: bool = False,
-                  compiled: bool = False) -> float:
-    """Seconds per training step, timed on copies of the model, optimizer and EMA after one
-    warm-up step; the run's weights and random streams are left untouched. Without `as_the_loop`,
-    the optimizer step alone on the first batch (what compiling would speed up); with it, the step
-    as the loop takes it: a random batch gathered, converted and augmented, and the EMA update.
+                  compiled: bool = False, seconds: float = 0.0) -> float:
+    """Seconds per training step over at least `steps` steps and at least `seconds`, timed on
+    copies of the model, optimizer and EMA after one warm-up step; the run's weights and random
+    streams are left untouched. Without `as_the_loop`, the optimizer step alone on the first batch
+    (what compiling would speed up); with it, the step as the loop takes it: a random batch
+    gathered, converted and augmented, and the EMA update.
     `compiled`: through torch.compile, whose warm-up step compiles; the cache it fills serves the
     run's own compile of the same network."""
     model, optimizer, ema = copy.deepcopy((state.model, state.optimizer, state.ema))
@@ -403,7 +404,8 @@ def _step_seconds(state: TrainState, data: TrainData, steps: int = 3, as_the_loo
     first = torch.arange(batch, device=data.train_y.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout and augment draw from them
         model.train()
-        for step in range(-1, steps):  # step -1: the warm-up, not timed
+        step, started = -1, 0.0  # step -1: the warm-up, not timed
+        while step < steps or time.perf_counter() - started < seconds:
             if step == 0:
                 started = time.perf_counter()
             idx = torch.randint(n, (batch,), device=data.train_y.device) if as_the_loop else first
@@ -412,8 +414,9 @@ def _step_seconds(state: TrainState, data: TrainData, steps: int = 3, as_the_loo
             loss, _ = train_step(step_model, optimizer, images, data.train_y[idx], amp=amp)
             if as_the_loop and ema is not None:
                 ema.update(model, step + 1)
+            step += 1
         float(loss)  # waits for the GPU's queued steps
-        return (time.perf_counter() - started) / steps
+        return (time.perf_counter() - started) / step
 
 
 def _resolve_length(state: TrainState, data: TrainData, strategy: Strategy, print_fn: Callable[[str], None],
@@ -449,7 +452,8 @@ def _kept_budget_record(run_dir: Path) -> dict[str, Any]:
 def _measure_costs(state: TrainState, data: TrainData, device: torch.device, started: float) -> budget.Measured:
     """What a budget plans with, measured here, the run's state untouched; `started`: when the
     budget's clock started (time.monotonic())."""
-    step_s = _step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True)
+    step_s = _step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True,
+                           seconds=budget.measuring_seconds(state.config.budget))
     validation_s = budget.validation_seconds(state.eval_model, data.validation_x, data.validation_y, state.config,
                                              device)
     return budget.Measured(step_s, validation_s, budget.checkpoint_seconds(state.state_dict),
@@ -459,7 +463,8 @@ def _measure_costs(state: TrainState, data: TrainData, device: torch.device, sta
 def _time_compiled(state: TrainState, data: TrainData) -> budget.CompiledStep:
     """A compiled step as the loop takes it, timed for a budget's plan, and what timing it cost."""
     started = time.monotonic()
-    step_s = _step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True, compiled=True)
+    step_s = _step_seconds(state, data, steps=MEASURED_STEPS, as_the_loop=True, compiled=True,
+                           seconds=budget.measuring_seconds(state.config.budget))
     return budget.CompiledStep(step_s, time.monotonic() - started)
 
 
