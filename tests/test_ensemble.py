@@ -262,7 +262,7 @@ def test_cli_trains_evaluates_predicts_and_compares_an_ensemble(cli_toy, tmp_pat
     top = json.loads(capsys.readouterr().out)[0]["top"]
     want = load_classifier(run, "cpu").probabilities(preprocess(image).image[None])[0]  # what predict feeds it
     assert top[0] == {"class": str(int(want.argmax())), "probability": pytest.approx(float(want.max()), abs=1e-5)}
-    assert main(["compare", str(run), str(member_dir(run, 1))]) == 0
+    assert main(["compare", str(run), str(member_dir(run, 1)), "--plot", str(tmp_path / "compare.png")]) == 0
     out = capsys.readouterr().out
     assert "2 x default" in out or "2 x seed" in out
     assert main(["export-csv", str(run), "--out", str(tmp_path / "csv")]) == 0
