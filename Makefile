@@ -12,8 +12,12 @@ setup: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps -e .
+	@# pip byte-compiles one file at a time; compileall uses every core. The .pyc files must be
+	@# written here: where PYTHONDONTWRITEBYTECODE is set, imports never write them. Files that some
+	@# packages ship for other Pythons do not compile; pip skips those too, hence the || true.
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 ## Train the default recipe on MNIST into runs/ (extra flags: make train ARGS="--epochs 3").
